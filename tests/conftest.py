@@ -1,0 +1,98 @@
+"""Shared fixtures: a real redis-server, cassettes, and a hermetic environment."""
+
+from __future__ import annotations
+
+import os
+
+# LiteLLM downloads its price map at import and a Llama tokenizer for Groq models unless told
+# not to; tests never touch the internet.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ["HF_HUB_OFFLINE"] = "1"
+# A developer's real keys and settings must not leak into tests.
+for _name in list(os.environ):
+    if _name.startswith(("GROQ_", "YMERA_")):
+        del os.environ[_name]
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from ymera_groq_plugin.testing import FakeClock, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ExternalRedis:
+    """A Redis given by `REDIS_URL`: usable, but this process cannot stop or restart it."""
+
+    restartable = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.port = urlparse(url).port or 6379
+
+    def stop(self) -> None:
+        pytest.skip("REDIS_URL points at an external server that tests cannot stop")
+
+    start = restart = stop
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A real Redis for the whole session: `REDIS_URL` if set, else a redis-server we start.
+
+    The started server has `.stop()`, `.start()` and `.restart()` for outage tests.
+    """
+    if url := os.environ.get("REDIS_URL"):
+        yield ExternalRedis(url)
+        return
+    server = RedisServer()
+    server.restartable = True  # type: ignore[attr-defined]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The URL of a flushed, running Redis (restarted first if an earlier test stopped it)."""
+    import redis
+
+    if getattr(redis_server, "restartable", False) and not redis_server.running:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return str(redis_server.url)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake wall clock; advance it instead of sleeping."""
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def vcr_config() -> dict[str, Any]:
+    """Replay only; keep `x-ratelimit-*` and `retry-after`, drop request credentials."""
+    return {
+        "filter_headers": [
+            ("authorization", "DUMMY"),
+            ("api-key", "DUMMY"),
+            ("x-api-key", "DUMMY"),
+        ],
+        "match_on": ["method", "scheme", "host", "port", "path", "query"],
+        "decode_compressed_response": False,
+    }
+
+
+@pytest.fixture(scope="module")
+def vcr_cassette_dir() -> str:
+    return str(ROOT / "cassettes")

@@ -1,0 +1,427 @@
+"""The model catalog: Groq model ids, windows, free-plan limits, strengths and lifecycle.
+
+The embedded data (`data/models.json`) is a snapshot; Groq's model list churns every few
+months. Users extend or override it with a JSON file (`YMERA_CATALOG`) or keyword arguments,
+refresh it from Groq's `GET /openai/v1/models`, and the quota ledger later corrects the limits in
+force from response headers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigurationError, ModelRetiredError, UnknownModelError
+
+__all__ = [
+    "Capabilities",
+    "Catalog",
+    "Lifecycle",
+    "ModelInfo",
+    "ModelLimits",
+    "ResolvedModel",
+    "default_catalog",
+    "load_catalog",
+]
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["production", "preview", "deprecated", "shutdown"]
+
+
+class ModelLimits(BaseModel):
+    """Free-plan limits of one model for one organisation; `None` means "no such limit"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rpm: int | None = Field(default=None, gt=0)
+    """Requests per minute."""
+    rpd: int | None = Field(default=None, gt=0)
+    """Requests per day (rolling 24 h)."""
+    tpm: int | None = Field(default=None, gt=0)
+    """Tokens per minute."""
+    tpd: int | None = Field(default=None, gt=0)
+    """Tokens per day (rolling 24 h)."""
+
+    def as_dict(self) -> dict[str, int | None]:
+        """The limits as the original plan shows them: `rpm`, `rpd`, `tpm`, `tpd`."""
+        return {"rpm": self.rpm, "rpd": self.rpd, "tpm": self.tpm, "tpd": self.tpd}
+
+
+class Capabilities(BaseModel):
+    """What a model can do beyond plain chat."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool_use: bool = False
+    json_mode: bool = False
+    reasoning: bool = False
+
+
+class Lifecycle(BaseModel):
+    """Where a model is in Groq's lifecycle."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: Status = "production"
+    deprecated_on: dt.date | None = None
+    shutdown_on: dt.date | None = None
+    successor: str | None = None
+    note: str | None = None
+
+    def is_shut_down(self, today: dt.date | None = None) -> bool:
+        """Whether the model no longer answers on `today` (default: the current UTC date)."""
+        if self.status == "shutdown":
+            return True
+        today = today or dt.datetime.now(dt.UTC).date()
+        return self.shutdown_on is not None and today >= self.shutdown_on
+
+
+class ModelInfo(BaseModel):
+    """One catalog entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    """The id Groq's API takes, e.g. `openai/gpt-oss-120b`."""
+    aliases: tuple[str, ...] = ()
+    """Other names that resolve to this id (the original plan's short names, for instance)."""
+    context_window: int = Field(gt=0)
+    """Tokens of prompt plus completion the model accepts."""
+    max_completion_tokens: int = Field(gt=0)
+    """Largest completion the model produces."""
+    limits: ModelLimits
+    """Free-plan limits per organisation (corrected later from response headers)."""
+    limits_note: str | None = None
+    speed_tier: int = Field(default=3, ge=1, le=5)
+    """1 (slowest) to 5 (fastest)."""
+    quality_tier: int = Field(default=3, ge=1, le=5)
+    """1 (weakest) to 5 (strongest)."""
+    strengths: tuple[str, ...] = ()
+    """Task types the model is preferred for."""
+    capabilities: Capabilities = Capabilities()
+    lifecycle: Lifecycle = Lifecycle()
+    fallbacks: tuple[str, ...] = ()
+    """Models to try next, in order, when this one cannot serve."""
+
+    @field_validator("id", "aliases", mode="after")
+    @classmethod
+    def _no_blank_names(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else list(value)
+        if any(not n.strip() for n in names):
+            raise ValueError("model names must not be blank")
+        return value
+
+    def is_served(self, today: dt.date | None = None) -> bool:
+        """Whether Groq still serves this model (not shut down)."""
+        return not self.lifecycle.is_shut_down(today)
+
+
+class ResolvedModel(BaseModel):
+    """The result of resolving a requested name: the model that will serve, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requested: str
+    model: ModelInfo
+    warning: str | None = None
+    """Set when a shut-down model is served by its successor."""
+
+
+class Catalog:
+    """An immutable-by-convention view over the catalog entries, with alias resolution.
+
+    Args:
+        models: The entries. Later entries with the same id replace earlier ones.
+        serve_successor: Serve a shut-down model's successor (with a warning) instead of
+            refusing the request.
+        today: Fixed date for lifecycle checks (tests); default: the current UTC date.
+    """
+
+    def __init__(
+        self,
+        models: Iterable[ModelInfo],
+        *,
+        serve_successor: bool = True,
+        today: dt.date | None = None,
+    ) -> None:
+        self._models: dict[str, ModelInfo] = {}
+        for m in models:
+            self._models[m.id] = m
+        self.serve_successor = serve_successor
+        self._today = today
+        self._lock = threading.Lock()
+        self._reindex()
+
+    def _reindex(self) -> None:
+        names: dict[str, str] = {}
+        for m in self._models.values():
+            names[m.id.lower()] = m.id
+        for m in self._models.values():
+            for alias in m.aliases:
+                # An alias never shadows a real id.
+                names.setdefault(alias.lower(), m.id)
+        self._names = names
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    @property
+    def today(self) -> dt.date:
+        return self._today or dt.datetime.now(dt.UTC).date()
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._names
+
+    def __iter__(self) -> Iterator[ModelInfo]:
+        return iter(list(self._models.values()))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __repr__(self) -> str:
+        served = sum(1 for m in self._models.values() if m.is_served(self.today))
+        return f"<Catalog [{len(self._models)} models, {served} served]>"
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        """Every entry, served or not."""
+        return list(self._models.values())
+
+    def served(self) -> list[ModelInfo]:
+        """The entries Groq still serves today."""
+        return [m for m in self._models.values() if m.is_served(self.today)]
+
+    def get(self, name: str) -> ModelInfo:
+        """The entry for an id or alias, whatever its lifecycle.
+
+        Raises:
+            UnknownModelError: No entry or alias has that name.
+        """
+        model_id = self._names.get(name.lower()) if isinstance(name, str) else None
+        if model_id is None:
+            known = ", ".join(sorted(m.id for m in self.served()))
+            raise UnknownModelError(
+                f"Unknown model {name!r}: it is neither a catalog id nor an alias. "
+                f"Served models: {known}.",
+                model=str(name),
+            )
+        return self._models[model_id]
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """The model that serves a request for `name`, following successors of shut-down ones.
+
+        Raises:
+            UnknownModelError: No entry or alias has that name.
+            ModelRetiredError: The model is shut down and `serve_successor` is off, or it has no
+                served successor.
+        """
+        model = self.get(name)
+        if model.is_served(self.today):
+            return ResolvedModel(requested=name, model=model)
+        seen = {model.id}
+        current = model
+        while not current.is_served(self.today):
+            successor = current.lifecycle.successor
+            if not self.serve_successor or successor is None or successor not in self:
+                raise ModelRetiredError(
+                    f"Model {model.id!r} was shut down on {model.lifecycle.shutdown_on}"
+                    + (
+                        f"; its successor is {successor!r} (serving it in its place is turned"
+                        " off: set serve_successor=True or YMERA_SERVE_SUCCESSOR=1)."
+                        if successor and not self.serve_successor
+                        else "; no served successor is known."
+                    ),
+                    model=model.id,
+                    successor=successor,
+                )
+            current = self.get(successor)
+            if current.id in seen:
+                raise ConfigurationError(f"Successor cycle in the catalog at {current.id!r}")
+            seen.add(current.id)
+        warning = (
+            f"Model {model.id!r} was shut down on {model.lifecycle.shutdown_on}; "
+            f"serving {current.id!r} instead."
+        )
+        return ResolvedModel(requested=name, model=current, warning=warning)
+
+    def fallback_chain(self, name: str) -> list[ModelInfo]:
+        """The served models to try after `name`, in order, without repeats."""
+        start = self.resolve(name).model
+        chain: list[ModelInfo] = []
+        seen = {start.id}
+        for fb in start.fallbacks:
+            if fb not in self:
+                continue
+            try:
+                m = self.resolve(fb).model
+            except ModelRetiredError:
+                continue
+            if m.id not in seen:
+                seen.add(m.id)
+                chain.append(m)
+        return chain
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def with_overrides(self, entries: Iterable[Mapping[str, Any]]) -> Catalog:
+        """A new catalog with entries added or merged over existing ones (by id).
+
+        An entry for a known id may give only the fields to change; a new id must give every
+        required field.
+
+        Raises:
+            ConfigurationError: An entry is invalid, naming the model and the field.
+        """
+        models = dict(self._models)
+        for raw in entries:
+            if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
+                raise ConfigurationError(f"Catalog override entry without an 'id': {raw!r}")
+            base = models.get(raw["id"])
+            merged: dict[str, Any] = base.model_dump(mode="json") if base else {}
+            for k, v in raw.items():
+                if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+                    merged[k] = {**merged[k], **v}
+                else:
+                    merged[k] = v
+            models[raw["id"]] = _parse_entry(merged, origin="override")
+        return Catalog(models.values(), serve_successor=self.serve_successor, today=self._today)
+
+    def refresh_from_api(self, payload: Mapping[str, Any]) -> Catalog:
+        """A new catalog updated from Groq's `GET /openai/v1/models` answer.
+
+        Known models take `context_window` and `max_completion_tokens` from the answer; a known
+        model missing from the answer, or marked `active: false`, is marked shut down; an unknown
+        active model is added with conservative defaults (the smallest published free-plan
+        limits) until headers correct them.
+        """
+        data = payload.get("data")
+        if not isinstance(data, list):
+            raise ConfigurationError("GET /openai/v1/models answer has no 'data' list")
+        listed: dict[str, Mapping[str, Any]] = {
+            str(d["id"]): d for d in data if isinstance(d, Mapping) and "id" in d
+        }
+        models: dict[str, ModelInfo] = {}
+        for mid, m in self._models.items():
+            live = listed.get(mid)
+            if live is None or live.get("active") is False:
+                if m.is_served(self.today):
+                    lc = m.lifecycle.model_copy(update={"status": "shutdown"})
+                    m = m.model_copy(update={"lifecycle": lc})
+            else:
+                update: dict[str, Any] = {}
+                if isinstance(live.get("context_window"), int):
+                    update["context_window"] = live["context_window"]
+                if isinstance(live.get("max_completion_tokens"), int):
+                    update["max_completion_tokens"] = live["max_completion_tokens"]
+                m = m.model_copy(update=update)
+            models[mid] = m
+        for mid, live in listed.items():
+            if mid in models or live.get("active") is False:
+                continue
+            if mid.startswith(("whisper", "playai", "canopylabs")) or "guard" in mid:
+                # Speech and guard models are not chat models for routing.
+                continue
+            ctx = live.get("context_window")
+            mct = live.get("max_completion_tokens")
+            models[mid] = ModelInfo(
+                id=mid,
+                context_window=ctx if isinstance(ctx, int) and ctx > 0 else 8192,
+                max_completion_tokens=mct if isinstance(mct, int) and mct > 0 else 8192,
+                limits=ModelLimits(rpm=30, rpd=1000, tpm=6000, tpd=100000),
+                limits_note="Added from GET /models; limits are conservative defaults.",
+                lifecycle=Lifecycle(status="preview"),
+            )
+        return Catalog(models.values(), serve_successor=self.serve_successor, today=self._today)
+
+
+def _parse_entry(raw: Mapping[str, Any], *, origin: str) -> ModelInfo:
+    try:
+        return ModelInfo.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<entry>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(
+            f"Invalid catalog entry {raw.get('id', '<no id>')!r} in {origin}: {problems}",
+            setting="YMERA_CATALOG",
+        ) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"Catalog file not found: {path}", setting="YMERA_CATALOG"
+        ) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(
+            f"Catalog file {path} is not readable JSON: {exc}", setting="YMERA_CATALOG"
+        ) from None
+
+
+def _entries_of(doc: Any, origin: str) -> list[Mapping[str, Any]]:
+    entries = doc.get("models") if isinstance(doc, Mapping) else doc
+    if not isinstance(entries, list):
+        raise ConfigurationError(
+            f"{origin}: expected a list of models or an object with a 'models' list",
+            setting="YMERA_CATALOG",
+        )
+    return entries
+
+
+_DEFAULT: Catalog | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def _embedded_entries() -> list[Mapping[str, Any]]:
+    text = resources.files("ymera_groq_plugin").joinpath("data/models.json").read_text("utf-8")
+    return _entries_of(json.loads(text), "embedded catalog")
+
+
+def default_catalog() -> Catalog:
+    """The embedded catalog (parsed once per process)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = Catalog(
+                _parse_entry(e, origin="embedded catalog") for e in _embedded_entries()
+            )
+        return _DEFAULT
+
+
+def load_catalog(
+    path: str | Path | None = None,
+    *,
+    overrides: Iterable[Mapping[str, Any]] = (),
+    serve_successor: bool = True,
+    today: dt.date | None = None,
+) -> Catalog:
+    """The embedded catalog, extended or overridden by a JSON file and by entries.
+
+    Args:
+        path: A JSON file: a list of entries, or `{"models": [...]}`; entries merge by id.
+        overrides: More entries, applied after the file.
+        serve_successor: Serve a shut-down model's successor instead of refusing.
+        today: Fixed date for lifecycle checks.
+
+    Raises:
+        ConfigurationError: The file is missing or invalid, or an entry lacks a field.
+    """
+    base = default_catalog()
+    catalog = Catalog(base, serve_successor=serve_successor, today=today)
+    if path is not None:
+        p = Path(path).expanduser()
+        catalog = catalog.with_overrides(_entries_of(_read_json(p), str(p)))
+    overrides = list(overrides)
+    if overrides:
+        catalog = catalog.with_overrides(overrides)
+    return catalog

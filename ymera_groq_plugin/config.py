@@ -1,0 +1,321 @@
+"""Configuration: keyword arguments first, then environment variables, then defaults.
+
+Keys come from `GROQ_API_KEY`, `GROQ_API_KEY_2` … `GROQ_API_KEY_N` (every numbered one, gaps
+allowed, duplicates dropped), each optionally labelled with its Groq organisation by `GROQ_ORG`
+/ `GROQ_ORG_N`. Keys are `SecretStr` and shown only masked (`gsk_…a1b2`). The other settings
+are `YMERA_*` variables (see `YmeraSettings`); a bad value raises `ConfigurationError` naming the
+variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+__all__ = ["ApiKey", "YmeraSettings", "discover_keys", "mask_key"]
+
+_KEY_VAR = re.compile(r"^GROQ_API_KEY(?:_(\d+))?$")
+
+
+def mask_key(secret: str | SecretStr) -> str:
+    """Show a key as `gsk_…a1b2`: enough to tell keys apart, never enough to use one."""
+    raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+    if len(raw) < 12:
+        return "…" + raw[-2:] if len(raw) >= 6 else "…"
+    prefix = raw[:4] if raw[:4].isascii() else ""
+    return f"{prefix}…{raw[-4:]}"
+
+
+class ApiKey(BaseModel):
+    """One Groq API key with its label and organisation.
+
+    Keys of one organisation share one budget per model. A key without an organisation is
+    treated as its own organisation (named after its label) until evidence says otherwise.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    secret: SecretStr
+    label: str = Field(min_length=1)
+    """A name safe to show and store (`key1`, `key2`, … by default)."""
+    org: str | None = None
+    """The Groq organisation, if known (`GROQ_ORG_N`)."""
+
+    @property
+    def organisation(self) -> str:
+        """The organisation whose budget this key spends."""
+        return self.org or f"org:{self.label}"
+
+    @property
+    def masked(self) -> str:
+        return mask_key(self.secret)
+
+    @field_validator("secret")
+    @classmethod
+    def _non_empty(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if not raw.strip():
+            raise ValueError("an API key must not be empty")
+        if raw != raw.strip() or any(c.isspace() for c in raw):
+            raise ValueError("an API key must not contain whitespace")
+        return v
+
+    def __repr__(self) -> str:
+        org = f" org={self.org}" if self.org else ""
+        return f"<ApiKey {self.label}{org} {self.masked}>"
+
+    __str__ = __repr__
+
+
+def discover_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
+    """Every Groq key in the environment, in number order, duplicates dropped.
+
+    `GROQ_API_KEY` is key 1 (so `GROQ_API_KEY_1` is the same slot); `GROQ_ORG` / `GROQ_ORG_N`
+    label the organisation of the key with the same number; `GROQ_KEY_LABEL_N` renames it.
+    """
+    env = os.environ if environ is None else environ
+    numbered: dict[int, str] = {}
+    for name, value in env.items():
+        m = _KEY_VAR.match(name)
+        if m and value.strip():
+            n = int(m.group(1) or 1)
+            if n in numbered and m.group(1) is None:
+                continue  # GROQ_API_KEY_1 wins over GROQ_API_KEY when both are set
+            numbered[n] = value.strip()
+    keys: list[ApiKey] = []
+    seen: set[str] = set()
+    for n in sorted(numbered):
+        raw = numbered[n]
+        if raw in seen:
+            continue
+        seen.add(raw)
+        org = env.get(f"GROQ_ORG_{n}") or (env.get("GROQ_ORG") if n == 1 else None)
+        label = env.get(f"GROQ_KEY_LABEL_{n}") or f"key{n}"
+        try:
+            keys.append(ApiKey(secret=SecretStr(raw), label=label, org=org or None))
+        except ValidationError:
+            var = "GROQ_API_KEY" if n == 1 else f"GROQ_API_KEY_{n}"
+            raise ConfigurationError(f"{var} is not a valid API key", setting=var) from None
+    return keys
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ymera-groq"
+
+
+_ENV_NAMES: dict[str, str] = {
+    "api_keys": "GROQ_API_KEY[_N]",
+    "base_url": "GROQ_BASE_URL",
+}
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    return value
+
+
+class YmeraSettings(BaseSettings):
+    """Every setting of the package; keyword arguments win over environment variables.
+
+    Environment variables are `YMERA_<FIELD>` (upper case), except `GROQ_API_KEY[_N]`,
+    `GROQ_ORG[_N]` and `GROQ_BASE_URL`, which are Groq's own conventions.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="YMERA_",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    api_keys: tuple[ApiKey, ...] = ()
+    """Groq keys; default: discovered from `GROQ_API_KEY`, `GROQ_API_KEY_2`, …"""
+    base_url: str = Field(
+        default="https://api.groq.com",
+        validation_alias="GROQ_BASE_URL",
+    )
+    """Groq's base URL (the SDK appends `/openai/v1/...`)."""
+    redis_url: str | None = None
+    """`redis://…`, `rediss://…` or `unix://…`; absent: embedded mode (no server needed)."""
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where the persistent cache tier and the learning store live."""
+    namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    """Tenant namespace: separates cache entries and Redis keys of different tenants."""
+
+    cache_enabled: bool = True
+    cache_l1_max_entries: int = Field(default=10_000, gt=0)
+    cache_l1_ttl: float = Field(default=300.0, gt=0)
+    cache_l2_max_entries: int = Field(default=100_000, gt=0)
+    cache_l2_ttl: float = Field(default=3600.0, gt=0)
+    cache_l3_max_entries: int = Field(default=1_000_000, gt=0)
+    cache_l3_ttl: float = Field(default=7 * 86400.0, gt=0)
+    cache_sampled: bool = False
+    """Also cache requests that sample (temperature > 0 without a seed)."""
+
+    alert_thresholds: Annotated[tuple[float, ...], NoDecode] = (0.8, 0.9, 0.95)
+    """Fractions of a limit at which warning, critical and emergency alerts fire."""
+    catalog_path: Path | None = Field(default=None, validation_alias="YMERA_CATALOG")
+    """A JSON file of catalog entries that extend or override the embedded catalog."""
+    policy_path: Path | None = Field(default=None, validation_alias="YMERA_POLICY")
+    """A JSON file that overrides the routing policy (task matrix, agent classes)."""
+    serve_successor: bool = True
+    """Serve a shut-down model's successor (with a warning) instead of refusing."""
+    context_margin: float = Field(default=0.9, gt=0, le=1)
+    """Share of a context window a request may fill."""
+    max_wait: float = Field(default=10.0, ge=0)
+    """Seconds a request may wait for quota before trying the next model."""
+    request_timeout: float = Field(default=60.0, gt=0)
+    """Seconds for one upstream call."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries of one model on 5xx, 498 and timeouts (429 moves to another key or model)."""
+    fallback_models: Annotated[tuple[str, ...], NoDecode] = ()
+    """LiteLLM model strings to use when every Groq model is out (e.g. `mistral/mistral-small`)."""
+    exploration_rate: float = Field(default=0.1, ge=0, le=1)
+    """How often the learner tries a model other than its current best."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _discover(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("api_keys"):
+            data = {**data, "api_keys": tuple(discover_keys())}
+        return data
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _coerce_keys(cls, value: Any) -> Any:
+        if isinstance(value, (str, SecretStr)):
+            value = [value]
+        out: list[Any] = []
+        seen: set[str] = set()
+        for i, k in enumerate(value or (), start=1):
+            if isinstance(k, (str, SecretStr)):
+                k = ApiKey(secret=SecretStr(k) if isinstance(k, str) else k, label=f"key{i}")
+            elif isinstance(k, Mapping):
+                k = ApiKey.model_validate({"label": f"key{i}", **k})
+            raw = k.secret.get_secret_value() if isinstance(k, ApiKey) else None
+            if raw is not None and raw in seen:
+                continue
+            if raw is not None:
+                seen.add(raw)
+            out.append(k)
+        return tuple(out)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_labels(cls, value: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        labels = [k.label for k in value]
+        if len(set(labels)) != len(labels):
+            raise ValueError("key labels must be unique")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("expected an http(s) URL such as https://api.groq.com")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        if parsed.scheme != "unix" and not parsed.hostname:
+            raise ValueError("the Redis URL has no host")
+        try:
+            _ = parsed.port
+        except ValueError:
+            raise ValueError("the Redis URL has an invalid port") from None
+        return value
+
+    @field_validator("alert_thresholds", "fallback_models", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        return _csv(value)
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _thresholds(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < v <= 1 for v in value) or list(value) != sorted(set(value)):
+            raise ValueError("expected increasing fractions in (0, 1], e.g. 0.8,0.9,0.95")
+        return value
+
+    @field_validator("data_dir", "catalog_path", "policy_path")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _configuration_error(exc, set(values)) from None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: everything runs in-process and on local files."""
+        return self.redis_url is None
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "api_keys":
+                yield name, [k.masked for k in self.api_keys]
+            elif name == "redis_url" and value:
+                yield name, _hide_password(str(value))
+            else:
+                yield name, value
+
+
+def _hide_password(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def _configuration_error(exc: ValidationError, given: set[str]) -> ConfigurationError:
+    parts: list[str] = []
+    first: str | None = None
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        if field in given:
+            where = f"argument {field!r}"
+        elif field not in YmeraSettings.model_fields:
+            where = f"environment variable {field}"  # the loc is the variable's alias
+        else:
+            alias = YmeraSettings.model_fields.get(field)
+            env = _ENV_NAMES.get(field) or (
+                alias.validation_alias
+                if alias is not None and isinstance(alias.validation_alias, str)
+                else f"YMERA_{field.upper()}"
+            )
+            where = f"environment variable {env}"
+        first = first or where
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        # Never echo the offending value: it may be a key.
+        parts.append(f"{where}: {msg}")
+    return ConfigurationError("Invalid configuration: " + "; ".join(parts), setting=first)

@@ -1,0 +1,28 @@
+"""Test helpers shipped with the package, so users can test their own agents offline.
+
+- `GroqTestServer`: a local Groq-compatible HTTP server with Groq's limits, headers, errors and
+  injectable faults.
+- `RedisServer`: a real `redis-server` on a free loopback port that can be stopped and restarted.
+- `FakeClock`: a clock that moves only when told to.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .clock import FakeClock
+from .redis_server import RedisServer, find_redis_server
+
+if TYPE_CHECKING:
+    from .server import GroqTestServer
+
+__all__ = ["FakeClock", "GroqTestServer", "RedisServer", "find_redis_server"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server pulls in starlette and uvicorn; import it only when asked for.
+    if name == "GroqTestServer":
+        from .server import GroqTestServer
+
+        return GroqTestServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
