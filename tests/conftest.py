@@ -79,15 +79,25 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def _drop_cookies(response: dict[str, Any]) -> dict[str, Any]:
+    headers = response.get("headers") or {}
+    for name in list(headers):
+        if name.lower() == "set-cookie":
+            del headers[name]
+    return response
+
+
 @pytest.fixture(scope="module")
 def vcr_config() -> dict[str, Any]:
-    """Replay only; keep `x-ratelimit-*` and `retry-after`, drop request credentials."""
+    """Keep `x-ratelimit-*` and `retry-after`; drop request credentials and cookies."""
     return {
         "filter_headers": [
             ("authorization", "DUMMY"),
             ("api-key", "DUMMY"),
             ("x-api-key", "DUMMY"),
+            ("cookie", None),
         ],
+        "before_record_response": _drop_cookies,
         "match_on": ["method", "scheme", "host", "port", "path", "query"],
         "decode_compressed_response": False,
     }

@@ -131,6 +131,8 @@ class TieredCache(BaseCache):
         self._coalesced = {"leaders": 0, "followers": 0}
         self._memo = threading.local()
         self._background: set[asyncio.Task[Any]] = set()
+        self.write_behind = False
+        """Store to L2/L3 in the background when called on the portal (the engine sets it)."""
         # The LangChain `lookup` fast path binds these once (see `LRUCache`).
         self._probe: Callable[[Any], Any] = l1.probe if l1 is not None else _NO_ENTRIES.get
         self._timer = l1.timer if l1 is not None else None
@@ -313,7 +315,21 @@ class TieredCache(BaseCache):
         except (TypeError, ValueError) as exc:
             logger.warning("Keeping an answer in L1 only (not JSON): %s", exc)
             return
-        await self._arun(self._lower_set(self._ns(request), key, text, expires_at))
+        write = self._lower_set(self._ns(request), key, text, expires_at)
+        portal = get_portal()
+        if self.write_behind and portal.in_portal():
+            # The answer is already in L1 for this process; Redis and SQLite follow off the
+            # request's path (flushed by `aflush()` and `aclose()`).
+            task = portal.loop.create_task(write)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        await self._arun(write)
+
+    async def aflush(self) -> None:
+        """Wait for write-behind stores to finish."""
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def ainvalidate(self, request: ChatRequest) -> None:
         """Remove a request's answer from every tier."""

@@ -14,15 +14,26 @@ from .clock import FakeClock
 from .redis_server import RedisServer, find_redis_server
 
 if TYPE_CHECKING:
+    from ._faults import FaultConfig
+    from ._stats import ServerStats
     from .server import GroqTestServer
 
-__all__ = ["FakeClock", "GroqTestServer", "RedisServer", "find_redis_server"]
+__all__ = [
+    "FakeClock",
+    "FaultConfig",
+    "GroqTestServer",
+    "RedisServer",
+    "ServerStats",
+    "find_redis_server",
+]
+
+_SERVER_NAMES = ("GroqTestServer", "FaultConfig", "ServerStats")
 
 
 def __getattr__(name: str) -> Any:
     # The server pulls in starlette and uvicorn; import it only when asked for.
-    if name == "GroqTestServer":
-        from .server import GroqTestServer
+    if name in _SERVER_NAMES:
+        from . import server
 
-        return GroqTestServer
+        return getattr(server, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
