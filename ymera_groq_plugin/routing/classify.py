@@ -1,0 +1,745 @@
+"""The profile of a request: task type, complexity and estimated prompt tokens, with reasons.
+
+Explicit hints come first: a task type on the request (`ChatRequest.task_type`) or in its
+metadata (`task_type`, `ymera_task_type`) decides the task type outright. The agent's name
+(`ChatRequest.agent_name`, metadata `agent_name` / `ymera_agent_name`) maps to an agent
+class through the policy's patterns; its task hint is a strong prior, not a verdict,
+because agents do more than one kind of work (a coding agent asked for unit tests is doing
+testing).
+
+Heuristics come second. Several signals are weighed together, each recorded in
+`Profile.reasons`:
+
+- words and phrases matched at word boundaries, weighted per task type (the text is
+  tokenised once and looked up in dictionaries built at import: no per-request regex over
+  hundreds of alternatives; a repeated word counts less each time);
+- structure: fenced code and its language tag, diffs, stack traces, SQL statements, log
+  lines, equations, "imperative verb + code artefact" phrases;
+- scripts: CJK, Cyrillic, Arabic, Hebrew, Devanagari, Thai, Greek… text, and non-English
+  Latin-script text (function words), mean multilingual work;
+- size: a prompt of `policy.long_context_tokens` or more is long-context work.
+
+Only the system message(s) and the last user message are read for task signals (the head
+and tail of each, so a 1 MB paste costs the same as a short one); the size counts every
+message and the tool schemas. The highest-scoring task type wins when it scores at least
+`_MIN_SCORE`, else the request is `general`.
+
+Complexity is a separate score: size, length of the instruction, "complex" and "simple"
+cue words, the number of listed requirements, code volume, the task type's own lean and
+the agent class's `complexity_bias`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..tokens import estimate_prompt_tokens
+from ..types import ChatRequest, Complexity, Profile
+from .policy import Policy, default_policy
+
+__all__ = ["classify", "request_texts"]
+
+# -- what is read -------------------------------------------------------------------------
+
+_HEAD = 4000
+_TAIL = 1000
+_SYSTEM_HEAD = 2000
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        parts: list[str] = []
+        for p in content:
+            if isinstance(p, Mapping) and isinstance(p.get("text"), str):
+                parts.append(p["text"])
+            elif isinstance(p, str):
+                parts.append(p)
+        return "\n".join(parts)
+    return "" if content is None else str(content)
+
+
+def _clip(text: str, head: int, tail: int) -> str:
+    if len(text) <= head + tail:
+        return text
+    return text[:head] + "\n" + text[-tail:] if tail else text[:head]
+
+
+def request_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """The text the classifier reads: (system text, last user message), each clipped."""
+    system: list[str] = []
+    last_user: str | None = None
+    last_any = ""
+    for m in messages:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append(_text_of(m.get("content")))
+        elif role == "user":
+            last_user = _text_of(m.get("content"))
+        else:
+            last_any = _text_of(m.get("content"))
+    user = last_user if last_user is not None else last_any
+    return _clip("\n".join(system), _SYSTEM_HEAD, 0), _clip(user, _HEAD, _TAIL)
+
+
+# -- the token matcher ----------------------------------------------------------------------
+# Signals are written as "|"-separated alternatives, each a sequence of tokens: a plain
+# token, a stem (`implement*` matches any token starting with "implement"), a set
+# (`{this,the,my}`) or `*` (any one token). Text is tokenised once; at each position the
+# longest matching phrase wins (like a regex alternation, so "code review" is not also
+# "review"), and every signal attached to that match scores.
+
+_TOKEN = re.compile(r"\w+(?:['’./+#=-]\w+)*[+#]*")
+
+
+class _Matcher:
+    """Finds the signals of a table in a token list: dict lookups, no regex scanning."""
+
+    def __init__(self, table: Iterable[tuple[str, float, str]]) -> None:
+        self.meta: list[tuple[str, float]] = []
+        self.words: dict[str, list[int]] = {}
+        self.stems: dict[str, list[int]] = {}
+        self.stem_lengths: list[int] = []
+        # first token (plain) -> phrases; phrases whose first token is a stem or a set are
+        # indexed under each member / in `stem_phrases`.
+        self.phrases: dict[str, list[tuple[tuple[Any, ...], int]]] = {}
+        self.stem_phrases: list[tuple[tuple[Any, ...], int]] = []
+        for sig, (name, weight, spec) in enumerate(table):
+            self.meta.append((name, weight))
+            for alt in spec.split("|"):
+                toks = tuple(_parse_token(t) for t in alt.split())
+                if len(toks) == 1:
+                    self._index_single(toks[0], sig)
+                else:
+                    self._index_phrase(toks, sig)
+        self.stem_lengths = sorted({len(k) for k in self.stems})
+        # Token -> its single-token signals. Vocabularies repeat from request to request, so
+        # the stem loop runs once per distinct token; bounded so odd input cannot grow it.
+        self._single: dict[str, tuple[int, ...]] = {}
+
+    def _index_single(self, tok: Any, sig: int) -> None:
+        if isinstance(tok, str):
+            self.words.setdefault(tok, []).append(sig)
+        elif isinstance(tok, frozenset):
+            for t in tok:
+                self.words.setdefault(t, []).append(sig)
+        else:
+            self.stems.setdefault(tok[1], []).append(sig)
+
+    def _index_phrase(self, toks: tuple[Any, ...], sig: int) -> None:
+        first = toks[0]
+        if isinstance(first, str):
+            self.phrases.setdefault(first, []).append((toks, sig))
+        elif isinstance(first, frozenset):
+            for t in first:
+                self.phrases.setdefault(t, []).append((toks, sig))
+        else:
+            self.stem_phrases.append((toks, sig))
+
+    def _singles(self, tok: str) -> tuple[int, ...]:
+        found = self._single.get(tok)
+        if found is not None:
+            return found
+        sigs = list(self.words.get(tok, ()))
+        for length in self.stem_lengths:
+            if length > len(tok):
+                break
+            for sig in self.stems.get(tok[:length], ()):
+                if sig not in sigs:
+                    sigs.append(sig)
+        found = tuple(sigs)
+        if len(self._single) >= 50_000:
+            self._single.clear()
+        self._single[tok] = found
+        return found
+
+    def find(self, tokens: list[str]) -> list[tuple[int, int, int]]:
+        """Every match as (signal, start position, length)."""
+        out: list[tuple[int, int, int]] = []
+        n = len(tokens)
+        i = 0
+        phrases = self.phrases
+        stem_phrases = self.stem_phrases
+        while i < n:
+            tok = tokens[i]
+            cands = phrases.get(tok)
+            if cands is not None or stem_phrases:
+                best = 0
+                sigs: list[int] = []
+                for toks, sig in [*(cands or ()), *stem_phrases]:
+                    k = len(toks)
+                    if k < best or i + k > n or not _phrase_at(toks, tokens, i):
+                        continue
+                    if k > best:
+                        best, sigs = k, [sig]
+                    else:
+                        sigs.append(sig)
+                if best:
+                    out.extend((sig, i, best) for sig in sigs)
+                    i += best
+                    continue
+            single = self._singles(tok)
+            if single:
+                out.extend((sig, i, 1) for sig in single)
+            i += 1
+        return out
+
+
+def _parse_token(t: str) -> Any:
+    if t == "*":
+        return ("any", "")
+    if t.startswith("{") and t.endswith("}"):
+        return frozenset(t[1:-1].split(","))
+    if t.endswith("*"):
+        return ("stem", t[:-1])
+    return t
+
+
+def _token_ok(pattern: Any, tok: str) -> bool:
+    if isinstance(pattern, str):
+        return tok == pattern
+    if isinstance(pattern, frozenset):
+        return tok in pattern
+    return pattern[0] == "any" or tok.startswith(pattern[1])
+
+
+def _phrase_at(toks: tuple[Any, ...], tokens: list[str], i: int) -> bool:
+    return all(_token_ok(p, tokens[i + j]) for j, p in enumerate(toks))
+
+
+# -- task signals: (task type, weight, alternatives) ----------------------------------------
+
+_TASK_TABLE: tuple[tuple[str, float, str], ...] = (
+    # code_generation
+    ("code_generation", 2.0, "implement*|refactor*|port {this,it} to|rewrite {this,it} in"),
+    ("code_generation", 1.0, "function|functions|class|method|script|snippet|algorithm|utility"),
+    ("code_generation", 1.0, "component|decorator|parser|library|module|boilerplate|scaffold*"),
+    ("code_generation", 1.0, "helper|wrapper|one-liner|list comprehension|regex|cli tool|program"),
+    ("code_generation", 0.5, "python|typescript|javascript|rust|golang|java|kotlin|swift|c#|bash"),
+    ("code_generation", 0.5, "react|django|flask|fastapi|spring|node.js|nodejs|argparse"),
+    ("code_generation", 0.5, "hook|hooks"),
+    ("code_generation", 0.5, "generics"),
+    ("code_generation", 1.0, "write code|generate code|add {a,an} {flag,option,parameter}"),
+    ("code_generation", 1.0, "retry|backoff|concurrency|thread-safe|lock-free|async"),
+    # code_review
+    ("code_review", 3.0, "code review|review {this,the,my,our} {code,pr,pull,diff,change,changes}"),
+    ("code_review", 1.5, "review*"),
+    ("code_review", 2.0, "pull request|pr|diff|patch|changeset"),
+    ("code_review", 1.5, "bug|bugs|buggy|race condition|race conditions|memory leak|leak|leaks"),
+    ("code_review", 1.5, "deadlock|deadlocks|stale"),
+    ("code_review", 2.0, "why does {this,it,my}|{what's,whats,anything,something} wrong"),
+    ("code_review", 2.0, "what is wrong|loops forever|loop forever|crash|crashes|crashed|crashing"),
+    ("code_review", 2.0, "hang|hangs|out of memory|not working"),
+    ("code_review", 1.0, "throw|throws|exception|traceback|segfault|stack trace"),
+    ("code_review", 1.0, "undefined behavior|undefined behaviour"),
+    ("code_review", 2.0, "readability|code quality|maintainab*|hard to maintain|code smell*"),
+    ("code_review", 2.0, "idiomatic|look at {this,my,the} code|in the code"),
+    ("code_review", 1.0, "correctness|naming|breaking change*|feedback on|fails when"),
+    # documentation
+    ("documentation", 3.0, "docstring|docstrings|readme|changelog|release notes|user guide|faq"),
+    ("documentation", 3.0, "contributing guide|runbook|jsdoc|javadoc|sphinx|mkdocs|man page"),
+    ("documentation", 2.5, "documentation|api reference|reference doc*|tutorial|how-to"),
+    ("documentation", 2.5, "{write,update,draft,produce,create,improve} {the,a,an,our} docs"),
+    ("documentation", 2.5, "{write,update,draft,produce,create,improve} docs"),
+    ("documentation", 1.5, "docs|document|documenting|onboarding|guide|wiki|manual|comments"),
+    ("documentation", 1.0, "explain*|describe|clearer|paragraph|headings|write-up|draft"),
+    # testing
+    ("testing", 3.0, "unit test|unit tests|pytest|jest|vitest|mocha|junit|test plan|test case*"),
+    ("testing", 3.0, "regression test*|load test*|integration test*|property-based|e2e"),
+    ("testing", 3.0, "test suite|playwright|cypress|selenium|testcontainers|fuzz*|xfail"),
+    ("testing", 2.0, "test|tests|testing|coverage|flaky|fixture|fixtures|mock*|stub|stubs"),
+    ("testing", 2.0, "locust|k6"),
+    ("testing", 1.0, "assert*|hypothesis|qa|end-to-end|ci|edge cases|marker|markers|tdd"),
+    # validation
+    ("validation", 2.5, "validate|validation|validator|well-formed|conform|conforms to"),
+    ("validation", 2.5, "is {this,it} valid|is {this,it} a valid|is the following valid"),
+    ("validation", 2.5, "is the following a valid|check whether|check if|confirm that"),
+    ("validation", 2.5, "{satisfy,satisfies} {the,this,our} {contract,schema,spec,rules,rule}"),
+    ("validation", 1.5, "valid|invalid|verify|verif*|violation|violations|pass/fail|yes or no"),
+    ("validation", 1.0, "required field|required fields|matches|sanity check|schema|e.164"),
+    ("validation", 1.0, "iso 8601|rfc|acceptable|allowed value*|conformance|malformed"),
+    # architecture
+    ("architecture", 3.0, "architecture|system design|high-level design|microservice*"),
+    ("architecture", 2.0, "monolith*|event sourcing|cqrs|single {point,points} of failure"),
+    ("architecture", 2.0, "message queue|message broker|event bus|pub/sub|event-driven"),
+    ("architecture", 2.0, "bounded context"),
+    ("architecture", 1.5, "scalab*|trade-off*|tradeoff*|serverless|failure modes|sync protocol"),
+    ("architecture", 1.5, "high availability|failover|redundan*|capacity planning|degrad*"),
+    ("architecture", 1.0, "design|components|data flow|distributed|infrastructure"),
+    ("architecture", 1.0, "plugin system|caching layer|load balancer|multi-tenant|sandbox*"),
+    ("architecture", 1.0, "services|backend"),
+    # security
+    ("security", 3.0, "security|secure|vulnerab*|cve-*|xss|csrf|owasp|threat model*"),
+    ("security", 3.0, "sql injection|injection|pentest*|exploit*|hardening|malware"),
+    ("security", 3.0, "cors|ssrf|rce|xxe|idor|clickjacking|session fixation|brute-force"),
+    ("security", 3.0, "brute force"),
+    ("security", 2.0, "attack|attacks|attacker|stride|secret|secrets|password|passwords"),
+    ("security", 2.0, "encrypt*|privilege*|credential|credentials|pii|authorization header"),
+    ("security", 2.0, "certificate|certificates|ssl|sbom|supply chain"),
+    ("security", 1.5, "audit*|mitigat*|jwt|tls|csp|hmac|sanitiz*|escap*|is it {safe,ok}"),
+    ("security", 1.0, "hash*|md5|auth*|root|permission|permissions|shell=true|os.system"),
+    ("security", 1.0, "{token,tokens} expire|tokens never expire"),
+    # api_design
+    ("api_design", 3.0, "openapi|swagger|graphql|grpc|protobuf|rest api|restful"),
+    ("api_design", 2.0, "api|apis|endpoint|endpoints|webhook|webhooks|http method*|status code*"),
+    ("api_design", 2.0, "api gateway"),
+    ("api_design", 1.5, "pagination|paginat*|versioning|idempoten*|resource url*|rpc|rest"),
+    ("api_design", 1.5, "request and response|response {shape,body,format}|query param*"),
+    ("api_design", 1.0, "contract|json bod*|payload|mutation|schema|schemas|http|sdk"),
+    ("api_design", 1.0, "400|401|402|403|404|405|406|409"),
+    # database
+    ("database", 3.0, "sql|postgres*|mysql|sqlite|mongodb|database|databases|alembic"),
+    ("database", 3.0, "mariadb|dynamodb|cassandra|autovacuum|vacuum|stored procedure*|upsert"),
+    ("database", 2.0, "query|queries|index|indexes|indices|join|joins|migration|migrations"),
+    ("database", 2.0, "deadlock detected|primary key|foreign key|{normalized,normalised} schema"),
+    ("database", 2.0, "shard*|replica*|cte|window function*|isolation level|n+1|partition*"),
+    ("database", 2.0, "deduplicate"),
+    ("database", 1.0, "table|tables|rows|transaction|transactions|orm|schema|column|columns"),
+    ("database", 1.0, "aggregation|records"),
+    # monitoring
+    ("monitoring", 3.0, "monitor*|prometheus|grafana|alerting|uptime|health check|health checks"),
+    ("monitoring", 3.0, "opentelemetry|datadog|sentry|kibana|splunk|cloudwatch|pagerduty"),
+    ("monitoring", 2.5, "slo|slos|sli|slis|error budget*|burn rate|on-call|incident|degraded"),
+    ("monitoring", 1.5, "alert|alerts|dashboard|dashboards|metric|metrics|latency|cpu|healthy"),
+    ("monitoring", 1.5, "p50|p90|p95|p99|p999|error rate"),
+    ("monitoring", 1.0, "log|logs|spike|spikes|outage|throughput|quota|eviction|evictions"),
+    ("monitoring", 1.0, "memory|disk|status|urgent|tracing|traces|saturation|full|utili*"),
+    # formatting
+    ("formatting", 3.0, "reformat*|pretty-print*|prettify|pep 8|pep8|conventional commits"),
+    ("formatting", 2.5, "format|formatted|formatting|indent*|markdown table|normalize|normalise"),
+    ("formatting", 2.5, "bulleted list|bullet point*|numbered list|title case|alphabetical*"),
+    ("formatting", 2.0, "convert|turn {this,these} into|turn the following into"),
+    ("formatting", 2.0, "into {markdown,yaml,json,csv}|into {a,an} {markdown,yaml,json,csv,table}"),
+    ("formatting", 2.0, "into {a,an} * {markdown,yaml,json,csv,table}|sort {these,this,the}"),
+    ("formatting", 2.0, "make {this,these,it} into {a,an} * {list,table}"),
+    ("formatting", 2.0, "make {this,these,it} {a,an} * {list,table}"),
+    ("formatting", 2.0, "make {this,these,it} into {a,an} {list,table}"),
+    ("formatting", 1.0, "markdown|yaml|json|csv|table|bold|align*|whitespace|sorted keys"),
+    ("formatting", 1.0, "snake_case|camelcase|kebab-case|line length|trailing comma*|group"),
+    # reasoning
+    ("reasoning", 3.0, "prove|proof|solve|probability|puzzle|riddle|fermi|induction"),
+    ("reasoning", 2.5, "math*|equation*|derive|expected {number,value}|logic puzzle"),
+    ("reasoning", 2.0, "chance|odds|permutation*|combinations|percentage|by what|ratio"),
+    ("reasoning", 1.5, "calculat*|compute|how many|how far|constraint|constraints|deduce"),
+    ("reasoning", 1.5, "step by step"),
+    ("reasoning", 1.0, "estimate|maximum|minimum|km/h|mph|per hour|reasoning|logic|formula"),
+    # analysis
+    ("analysis", 2.5, "trend|trends|insight|insights|root cause*|a/b test|statistically|churn"),
+    ("analysis", 2.5, "cohort|cohorts|competitive landscape|contributing factors|key points"),
+    ("analysis", 2.5, "action items"),
+    ("analysis", 2.0, "pain point*|takeaways|sentiment|interview|interviews|survey*|forecast*"),
+    ("analysis", 1.5, "analy*|summar*|compare|comparison|pros and cons|themes"),
+    ("analysis", 1.5, "pattern|patterns|what happened|breakdown|segment*|retention|funnel"),
+    ("analysis", 1.0, "report|evaluate|evidence|conversion|significan*|market|data|revenue"),
+    # long_context
+    ("long_context", 3.0, "entire {codebase,repository,repo,project}|whole codebase|whole repo*"),
+    ("long_context", 3.0, "monorepo|every file|all {the,these,our} {files,sources}"),
+    ("long_context", 3.0, "chapter by chapter"),
+    ("long_context", 2.0, "manuscript|book|literature review|everything we discussed|full year"),
+    ("long_context", 1.0, "attached|concatenated|across these|papers"),
+    # multilingual
+    ("multilingual", 3.0, "translat*|locali*|i18n|l10n"),
+    ("multilingual", 1.5, "japanese|chinese|korean|spanish|french|german|portuguese|italian"),
+    ("multilingual", 1.5, "russian|arabic|hindi|turkish|dutch|polish|vietnamese|thai"),
+    # general (weak: general is also what wins when nothing else does)
+    ("general", 1.0, "fun fact|newsletter|email|offsite|agenda|job posting|books|ideas"),
+    ("general", 1.0, "brainstorm|advice|help me think|recipe|travel|gift|lunch|birthday"),
+    ("general", 0.5, "thanks|thank you|hello|hi|weekend|holiday|friendly"),
+)
+
+# -- cues read from the instruction itself (code and pasted data removed) -------------------
+
+_CUE_TABLE: tuple[tuple[str, float, str], ...] = (
+    ("complex", 1.0, "architecture|distributed|scalab*|trade-off*|tradeoff*|zero downtime"),
+    ("complex", 1.0, "multi-tenant|end-to-end|threat model|justify|concurren*|lock-free"),
+    ("complex", 1.0, "contention|in depth|comprehensive|literature review|competitive landscape"),
+    ("complex", 1.0, "generalize|generalise|by induction|sandbox*|conflict resolution"),
+    ("complex", 1.0, "graceful degradation|cutover|backfill|ranked by|at the same time"),
+    ("complex", 1.0, "across major|evidence|alternative architecture"),
+    ("moderate", 1.0, "design|explain how|explain why|why|how should|should we|should a"),
+    ("moderate", 1.0, "compare|define|propose|strategy|recommend*|evaluate|trade|plan"),
+    ("moderate", 1.0, "assess|identify|what would"),
+    ("simple", 1.0, "yes or no|simple|quick|just|one line|one-line|fun fact|short|rename|typo"),
+    ("simple", 1.0, "is this a valid|check whether|well-formed|convert|format|reformat"),
+    ("simple", 1.0, "translate|localize|localise|normalize|normalise|docstring|docstrings"),
+    ("simple", 1.0, "changelog|regression test|solve for|probability of|add a"),
+    ("why", 1.0, "why|what's wrong|whats wrong|how come|explain"),
+    ("quantity", 1.0, "what is the|what's the|how many|how much|how long|how far|when and"),
+    ("show_code", 1.0, "show me the code|show the code|code example"),
+    ("show_code", 1.0, "in {python,go,rust,java,javascript,typescript,c++,c#,ruby,php,bash,sql}"),
+    ("modify", 1.0, "extend|modify|change|update|adapt|convert|port|rewrite|make"),
+    ("modify_tail", 1.0, "so it|so they|so that it|so that they|to also|to use|to support"),
+    ("modify_tail", 1.0, "to handle|to return|to accept|into"),
+    ("make", 1.0, "write|implement|create|build|add|generate|make"),
+)
+
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_ARTEFACTS = _wordset(
+    """function functions class classes method methods endpoint endpoints component components
+    script scripts module modules cli flag flags handler handlers hook hooks program programs
+    service services library decorator decorators parser implementation migration migrations"""
+)
+_NOT_THE_WORK = _wordset("docstring docstrings documentation comment comments test tests readme")
+
+_TASKS_M = _Matcher(_TASK_TABLE)
+_CUES_M = _Matcher(_CUE_TABLE)
+
+# Frequent function words of other Latin-script languages that are not English words.
+_FOREIGN = _wordset(
+    """el los las una unos del al para pero cómo qué cuál está están también con por muy puedes
+    puede gracias hola sobre desde hasta eso esta este ese y o se lo le mi tu su
+    les des une est sont pour avec dans nous vous je il elle ce cet cette ces du au aux et ou
+    en sur par pas mais qui que où être peux peut merci bonjour très c'est
+    der die das den dem und oder nicht ist sind ein eine einen mit für auf ich wir ihr sie
+    bitte danke wurde wurden etwas auch noch nur wie warum kann können
+    não você uma com os em são obrigado olá isso esse essa pelo pela mas muito
+    gli della delle che non sono questo questa grazie ciao anche come perché
+    het een niet ik jij wij zijn voor met op dank"""
+)
+_ELISIONS = ("n'", "l'", "d'", "c'", "j'", "s'", "qu'")
+_ACCENTED = re.compile("[àâáãäåçéèêëíìîïñóòôõöúùûüÿœæß¿¡«»]")
+
+# -- structural signals ---------------------------------------------------------------------
+
+_FENCE = re.compile(r"```([A-Za-z0-9_+#-]*)")
+_CODE_SPAN = re.compile(r"```.*?(?:```|$)", re.S)
+_STACK = re.compile(
+    r"Traceback \(most recent call last\)|^\s+at [\w.$<>]+\(.*:\d+\)|Exception in thread"
+    r"|^panic: |^\s+File \"[^\"]+\", line \d+|\w+Error: .+\n\s+at ",
+    re.M,
+)
+_SQL = re.compile(
+    r"\bselect\b[^;]{0,300}?\bfrom\b|\binsert\s+into\b|\bupdate\s+\w+\s+set\b|\bdelete\s+from\b"
+    r"|\b(?:create|alter|drop)\s+(?:table|index|view|unique\s+index)\b|\bexplain\s+analy[sz]e\b"
+    r"|\bseq\s+scan\b|\bgroup\s+by\b"
+)
+_SQL_HINTS = ("select", "insert", " set ", "delete from", "table", "index", "view", "explain",
+              "seq scan", "group by")
+_DIFF_LINES = re.compile(r"^[+-](?![+-])\S", re.M)
+_LOG_LINES = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d", re.M)
+_MATH = re.compile(r"\d\s*[a-z]\^\d|[a-z]\^\d\s*[-+=]|\b\d+[a-z]\s*[-+]\s*\d+\s*=")
+_NON_LATIN = re.compile(
+    "[\u0370-\u03ff\u0400-\u04ff\u0590-\u05ff\u0600-\u06ff\u0900-\u0dff\u0e00-\u0e7f"
+    "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]"
+)
+_LATIN = re.compile(r"[A-Za-z]")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)
+
+_TASK_LEAN: dict[str, float] = {
+    "architecture": 0.5,
+    "security": 0.25,
+    "reasoning": 0.25,
+    "long_context": 0.5,
+    "validation": -0.5,
+    "formatting": -1.0,
+    "monitoring": -0.25,
+    "general": -0.5,
+    "multilingual": -0.5,
+}
+"""How hard a task type's requests usually are, added to the complexity score."""
+
+_MIN_SCORE = 1.5
+_REPEAT = (1.0, 1.5, 1.75)  # 1st, 2nd, 3rd+ occurrence of one signal: diminishing returns
+
+
+class _Cues:
+    """What the instruction's own words say (complexity cues, code-change phrasing)."""
+
+    __slots__ = (
+        "complex",
+        "make_code",
+        "moderate",
+        "modify",
+        "quantity",
+        "show_code",
+        "simple",
+        "why",
+        "words",
+    )
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.words = len(tokens)
+        found: dict[str, set[str]] = {}
+        modify_at: list[int] = []
+        tail_at: list[int] = []
+        make_at: list[int] = []
+        for sig, start, length in _CUES_M.find(tokens):
+            name = _CUES_M.meta[sig][0]
+            found.setdefault(name, set()).add(" ".join(tokens[start:start + length]))
+            if name == "modify":
+                modify_at.append(start)
+            elif name == "modify_tail":
+                tail_at.append(start)
+            elif name == "make":
+                make_at.append(start)
+        self.complex = found.get("complex", set())
+        self.moderate = found.get("moderate", set())
+        self.simple = found.get("simple", set())
+        self.why = bool(found.get("why"))
+        self.quantity = bool(found.get("quantity"))
+        self.show_code = bool(found.get("show_code"))
+        self.modify = any(0 < t - m <= 12 for m in modify_at for t in tail_at)
+        self.make_code = any(_makes_code(tokens, m) for m in make_at)
+
+
+def _makes_code(tokens: list[str], at: int) -> bool:
+    """`write a small Python utility`, `add a --dry-run flag`; not `write a module docstring`."""
+    for j in range(at + 1, min(at + 6, len(tokens))):
+        if tokens[j] in _ARTEFACTS:
+            nxt = tokens[j + 1] if j + 1 < len(tokens) else ""
+            return nxt not in _NOT_THE_WORK
+    return False
+
+
+def _add(
+    scores: dict[str, float], why: dict[str, list[str]], task: str, w: float, label: str
+) -> None:
+    scores[task] = scores.get(task, 0.0) + w
+    why.setdefault(task, []).append(label)
+
+
+def _task_scores(
+    system: str, user: str, tokens: int, policy: Policy
+) -> tuple[dict[str, float], dict[str, list[str]], int, int, _Cues]:
+    """Score every task type from the text; returns (scores, labels, code lines, items, cues)."""
+    scores: dict[str, float] = {}
+    why: dict[str, list[str]] = {}
+    text = f"{system}\n{user}" if system else user
+    lower = text.lower()
+    words = _TOKEN.findall(lower)
+
+    counts: dict[int, int] = {}
+    first: dict[int, str] = {}
+    for sig, start, length in _TASKS_M.find(words):
+        c = counts.get(sig, 0)
+        counts[sig] = c + 1
+        if c == 0:
+            first[sig] = " ".join(words[start:start + length])
+    meta = _TASKS_M.meta
+    for sig, c in counts.items():
+        task, w = meta[sig]
+        _add(scores, why, task, w * _REPEAT[min(c, 3) - 1], first[sig])
+
+    ulower = user.lower()
+    has_code = "```" in text
+    prose = _CODE_SPAN.sub(" ", ulower) if has_code else ulower
+    cues = _Cues(_TOKEN.findall(prose) if has_code or system else words)
+
+    code_lines = 0
+    if has_code:
+        langs = {f.lower() for f in _FENCE.findall(text)[::2] if f}
+        code_lines = text.count("\n", text.find("```"), text.rfind("```"))
+        if langs & {"diff", "patch"}:
+            _add(scores, why, "code_review", 2.0, "diff block")
+        if "sql" in langs:
+            _add(scores, why, "database", 2.0, "sql block")
+        if langs & {"dockerfile", "nginx"}:
+            _add(scores, why, "security", 0.5, "infra block")
+        if cues.modify:
+            _add(scores, why, "code_generation", 2.0, "change to the given code")
+        elif "?" in prose or cues.why:
+            # Code handed over with a question is to be explained or fixed, not rewritten.
+            _add(scores, why, "code_review", 2.0, f"question about code ({code_lines} lines)")
+        else:
+            _add(scores, why, "code_review", 0.5, f"code block ({code_lines} lines)")
+    # Cheap substring guards keep the structural regexes off ordinary prose.
+    if ("traceback" in lower or "  at " in text or "error:" in lower or "panic:" in lower) and (
+        _STACK.search(text)
+    ):
+        _add(scores, why, "code_review", 3.0, "stack trace")
+    if any(h in lower for h in _SQL_HINTS) and _SQL.search(lower):
+        _add(scores, why, "database", 2.5, "SQL statement")
+    if ("\n+" in text or "\n-" in text) and "diff block" not in why.get("code_review", ()) and (
+        len(_DIFF_LINES.findall(text)) >= 3
+    ):
+        _add(scores, why, "code_review", 1.5, "diff lines")
+    if "\n" in text and len(_LOG_LINES.findall(text)) >= 2:
+        _add(scores, why, "monitoring", 1.5, "log lines")
+    if ("^" in lower or "=" in lower) and _MATH.search(lower):
+        _add(scores, why, "reasoning", 2.5, "equation")
+    if cues.quantity and sum(1 for w in words if w.isdigit()) >= 3:
+        _add(scores, why, "reasoning", 1.5, "numbers + quantity question")
+    if cues.show_code:
+        _add(scores, why, "code_generation", 1.5, "asks for code")
+    if cues.make_code:
+        _add(scores, why, "code_generation", 2.0, "verb + code artefact")
+
+    # Scripts: only the user's words tell the language of the work.
+    if _NON_LATIN.search(user):
+        foreign = len(_NON_LATIN.findall(user))
+        latin = len(_LATIN.findall(user))
+        ratio = foreign / (foreign + latin)
+        if ratio >= 0.3:
+            _add(scores, why, "multilingual", 8.0, f"non-Latin script {ratio:.0%}")
+        elif ratio >= 0.05 or foreign >= 20:
+            _add(scores, why, "multilingual", 4.0, f"non-Latin script {ratio:.0%}")
+        elif foreign >= 3:
+            _add(scores, why, "multilingual", 1.5, "some non-Latin script")
+    else:
+        utoks = _TOKEN.findall(ulower) if system else words
+        hits = sum(1 for w in utoks if w in _FOREIGN or w.startswith(_ELISIONS))
+        if hits >= 3:
+            accents = len(_ACCENTED.findall(ulower))
+            # English shares a few of these words ("a", "on"), so ask for a real share of them,
+            # or for accents to back them up.
+            share = hits / max(len(utoks), 1)
+            if share >= 0.2 or (share >= 0.1 and accents >= 2):
+                _add(scores, why, "multilingual", 6.0, f"non-English text ({hits} function words)")
+
+    if tokens >= policy.long_context_tokens:
+        _add(scores, why, "long_context", 10.0, f"prompt ~{tokens} tokens")
+    elif tokens >= policy.long_context_tokens // 2:
+        _add(scores, why, "long_context", 2.5, f"prompt ~{tokens} tokens")
+
+    items = len(_LIST_ITEM.findall(user)) if "\n" in user else 0
+    return scores, why, code_lines, items, cues
+
+
+def _complexity(
+    user: str,
+    task_type: str,
+    tokens: int,
+    code_lines: int,
+    items: int,
+    bias: float,
+    cues: _Cues,
+) -> tuple[Complexity, float, list[str]]:
+    score = 0.0
+    notes: list[str] = []
+    if tokens >= 32000:
+        score += 2.5
+        notes.append(f"~{tokens} tokens")
+    elif tokens >= 8000:
+        score += 1.5
+        notes.append(f"~{tokens} tokens")
+    elif tokens >= 2000:
+        score += 1.0
+        notes.append(f"~{tokens} tokens")
+    # The instruction's own length: code and pasted data do not make a request harder.
+    words = cues.words
+    if words < 12:
+        score -= 1.0
+    elif words < 25:
+        score -= 0.5
+    elif words > 120:
+        score += 1.0
+    elif words > 60:
+        score += 0.5
+    if cues.complex:
+        score += min(len(cues.complex), 3) * 1.0
+        notes.append("complex cues: " + ", ".join(sorted(cues.complex)[:3]))
+    if cues.moderate:
+        score += 0.75
+        notes.append("cues: " + ", ".join(sorted(cues.moderate)[:2]))
+    if cues.simple:
+        score -= min(len(cues.simple), 2) * 0.75
+        notes.append("simple cues: " + ", ".join(sorted(cues.simple)[:2]))
+    prose = _CODE_SPAN.sub(" ", user) if code_lines else user
+    if prose.count(",") + prose.count(";") + items >= 6:
+        score += 0.5
+    if code_lines > 40:
+        score += 0.5
+    score += _TASK_LEAN.get(task_type, 0.0) + bias
+    label: Complexity
+    if score >= 2.0:
+        label = "complex"
+    elif score <= -0.75:
+        label = "simple"
+    else:
+        label = "moderate"
+    return label, score, notes
+
+
+def _metadata_hint(metadata: Mapping[str, Any], *keys: str) -> tuple[str, str] | None:
+    for k in keys:
+        v = metadata.get(k)
+        if isinstance(v, str) and v.strip():
+            return v.strip(), k
+    return None
+
+
+def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
+    """Profile a request: task type, complexity and estimated prompt tokens, with reasons.
+
+    Args:
+        request: The request.
+        policy: The routing policy (agent patterns, task aliases, long-context threshold);
+            default: the embedded policy.
+
+    Returns:
+        The profile; `reasons` lists each hint or signal that decided, in order.
+
+    Raises:
+        InvalidRequestError: An explicit task type hint is neither a task type nor an alias.
+    """
+    policy = policy or default_policy()
+    reasons: list[str] = []
+    md = request.metadata or {}
+
+    tools = request.params.get("tools") if request.params else None
+    tokens = estimate_prompt_tokens(request.messages, tools=tools)
+    system, user = request_texts(request.messages)
+
+    # Explicit task type: the request's own field, then metadata.
+    task_type: str | None = None
+    if request.task_type:
+        task_type = policy.task_type_of(request.task_type, source="request.task_type")
+        reasons.append(f"hint: task_type={task_type} (request)")
+    elif hint := _metadata_hint(md, "task_type", "ymera_task_type"):
+        task_type = policy.task_type_of(hint[0], source=f"metadata[{hint[1]!r}]")
+        reasons.append(f"hint: task_type={task_type} (metadata {hint[1]})")
+
+    agent_name = request.agent_name
+    agent_source = "request"
+    if not agent_name and (ahint := _metadata_hint(md, "agent_name", "ymera_agent_name")):
+        agent_name, agent_source = ahint[0], f"metadata {ahint[1]}"
+    match = policy.agent(agent_name)
+    bias = 0.0
+    if agent_name and match is not None:
+        bias = policy.agent_classes[match.agent_class].complexity_bias
+        reasons.append(
+            f"agent {agent_name!r} ({agent_source}) → class {match.agent_class}"
+            + (f", usually {match.task_type}" if match.task_type else "")
+        )
+    elif agent_name:
+        reasons.append(f"agent {agent_name!r} ({agent_source}) matches no agent class")
+
+    scores, why, code_lines, items, cues = _task_scores(system, user, tokens, policy)
+    if task_type is None:
+        if match is not None and match.task_type and policy.agent_prior_weight > 0:
+            _add(scores, why, match.task_type, policy.agent_prior_weight, "agent prior")
+        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+        if ranked and ranked[0][1] >= _MIN_SCORE:
+            task_type = ranked[0][0]
+            shown = [
+                f"{t} {s:.1f} ({', '.join(why[t][:4])})" for t, s in ranked[:3] if s >= 1.0
+            ]
+            reasons.append("signals: " + "; ".join(shown))
+        else:
+            task_type = "general"
+            best = f" (best {ranked[0][0]} {ranked[0][1]:.1f})" if ranked else ""
+            reasons.append(f"no task signal reached {_MIN_SCORE}{best}: general")
+
+    complexity, cscore, notes = _complexity(
+        user, task_type, tokens, code_lines, items, bias, cues
+    )
+    reasons.append(
+        f"complexity {complexity} (score {cscore:+.1f}"
+        + (f": {'; '.join(notes)}" if notes else "")
+        + ")"
+    )
+    reasons.append(f"~{tokens} prompt tokens")
+    return Profile(
+        task_type=task_type,
+        complexity=complexity,
+        estimated_tokens=tokens,
+        reasons=tuple(reasons),
+        agent_name=agent_name,
+    )
