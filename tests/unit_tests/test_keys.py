@@ -1,0 +1,187 @@
+"""The key pool: organisations, health, choice, merges and what it shows."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import SecretStr
+
+from ymera_groq_plugin.config import ApiKey
+from ymera_groq_plugin.errors import ConfigurationError
+from ymera_groq_plugin.keys import KeyPool
+from ymera_groq_plugin.storage.memory import MemoryKeyStateStore
+from ymera_groq_plugin.testing import FakeClock
+from ymera_groq_plugin.types import RateLimits
+
+T0 = 1_800_000_000.0
+MODEL = "openai/gpt-oss-20b"
+
+
+def key(n: int, org: str | None = None, secret: str | None = None) -> ApiKey:
+    raw = secret or f"gsk_poolsecret{n:02d}zzzzzzzzzzzz{n:04d}"
+    return ApiKey(secret=SecretStr(raw), label=f"key{n}", org=org)
+
+
+def rl(remaining: int, limit: int = 1000) -> RateLimits:
+    return RateLimits(limit_requests=limit, remaining_requests=remaining)
+
+
+def test_keys_group_by_organisation() -> None:
+    k1, k2, k3, k4 = key(1, "org_a"), key(2), key(3, "org_a"), key(4, "org_b")
+    pool = KeyPool([k1, k2, k3, k4], clock=FakeClock(T0))
+    assert [(org, [k.label for k in keys]) for org, keys in pool.groups()] == [
+        ("org_a", ["key1", "key3"]),
+        ("org:key2", ["key2"]),
+        ("org_b", ["key4"]),
+    ]
+    assert pool.organisation(k2) == "org:key2"
+    assert pool.keys_of("org_a") == [k1, k3]
+    assert len(pool) == 4 and list(pool) == [k1, k2, k3, k4]
+
+
+def test_duplicate_labels_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unique"):
+        KeyPool([key(1), ApiKey(secret=SecretStr("gsk_other_secret_value_99"), label="key1")])
+
+
+def test_pick_prefers_healthy_then_least_recently_used() -> None:
+    clock = FakeClock(T0)
+    k1, k2, k3 = key(1, "o"), key(2, "o"), key(3, "o")
+    pool = KeyPool([k1, k2, k3], clock=clock)
+    keys = pool.groups()[0][1]
+    assert [pool.pick(keys).label for _ in range(6)] == ["key1", "key2", "key3"] * 2
+
+
+async def test_health_states_and_repr() -> None:
+    clock = FakeClock(T0)
+    k1, k2, k3, k4 = key(1), key(2), key(3), key(4)
+    pool = KeyPool([k1, k2, k3, k4], clock=clock, degrade_after=2, degrade_for=30)
+    assert repr(pool).startswith("<KeyPool [4 keys: 4 ready] key1 gsk_…0001, key2 gsk_…0002")
+    await pool.disable(k1, "Groq answered 401")
+    pool.note_cooldown(pool.organisation(k2), MODEL, T0 + 10)
+    assert await pool.record_failure(k3) == "healthy"
+    assert await pool.record_failure(k3) == "degraded"
+    assert pool.health(k1) == "disabled"
+    assert pool.health(k2, MODEL) == "cooling" and pool.health(k2, "other") == "healthy"
+    assert pool.health(k2) == "cooling"  # cooling for some model
+    assert pool.health(k3) == "degraded" and pool.health(k4) == "healthy"
+    assert pool.counts() == {"healthy": 1, "cooling": 1, "degraded": 1, "disabled": 1}
+    assert repr(pool) == (
+        "<KeyPool [4 keys: 1 ready, 1 cooling, 1 degraded, 1 disabled] "
+        "key1 gsk_…0001, key2 gsk_…0002, key3 gsk_…0003, key4 gsk_…0004>"
+    )
+    # Disabled keys are not offered; degraded ones come last in their organisation.
+    assert [org for org, _ in pool.groups()] == ["org:key2", "org:key3", "org:key4"]
+    assert pool.cooling_until(pool.organisation(k2), MODEL) == T0 + 10
+    clock.advance(31)
+    assert pool.health(k2) == "healthy" and pool.health(k3) == "healthy"
+    await pool.record_success(k3)
+    assert pool.record(k3).failures == 0
+
+
+def test_repr_shows_no_secret_and_elides_many_keys() -> None:
+    keys = [key(n) for n in range(1, 7)]
+    text = repr(KeyPool(keys, clock=FakeClock(T0)))
+    assert "6 keys" in text and text.endswith(", …>")
+    assert "poolsecret" not in text
+    assert all(k.secret.get_secret_value() not in text for k in keys)
+
+
+async def test_degrading_needs_failures_close_together() -> None:
+    clock = FakeClock(T0)
+    k = key(1)
+    pool = KeyPool([k], clock=clock, degrade_after=3, failure_window=60)
+    for _ in range(5):
+        assert await pool.record_failure(k) == "healthy"
+        clock.advance(61)
+    for _ in range(2):
+        await pool.record_failure(k)
+    assert await pool.record_failure(k) == "degraded"
+
+
+async def test_state_is_shared_through_the_store() -> None:
+    clock = FakeClock(T0)
+    store = MemoryKeyStateStore()
+    k1, k2 = key(1), key(2)
+    a = KeyPool([k1, k2], store=store, clock=clock, refresh_interval=5)
+    b = KeyPool([k1, k2], store=store, clock=clock, refresh_interval=5)
+    await b.refresh()
+    await a.disable(k1, "Groq answered 403")
+    await b.refresh()
+    assert b.health(k1) == "healthy"  # not reloaded yet
+    clock.advance(5)
+    await b.refresh()
+    assert b.health(k1) == "disabled"
+    # A record about "key1" written when key1 was another key does not apply to a new one.
+    replaced = key(1, secret="gsk_a_brand_new_key_value_0042")
+    c = KeyPool([replaced, k2], store=store, clock=clock)
+    await c.refresh(force=True)
+    assert c.health(replaced) == "healthy"
+    disabled = (await store.load(["key1"])).records["key1"]
+    assert disabled.masked == k1.masked and "poolsecret" not in str(disabled)
+
+
+async def test_a_named_organisation_merges_keys(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryKeyStateStore()
+    k1, k2, k3 = key(1), key(2), key(3, "org_01real")
+    pool = KeyPool([k1, k2, k3], store=store, clock=FakeClock(T0))
+    assert await pool.observe_organization(k2, "org_01real") == "org_01real"
+    assert pool.organisation(k2) == "org_01real"
+    with caplog.at_level(logging.WARNING, logger="ymera_groq_plugin.keys"):
+        assert await pool.observe_organization(k1, "org_01real") == "org_01real"
+    assert {pool.organisation(k) for k in (k1, k2, k3)} == {"org_01real"}
+    # The organisation Groq named survives (not the first configured key's).
+    assert [org for org, _ in pool.groups()] == ["org_01real"]
+    assert "key1, key2, key3" in caplog.text and "adds no quota" in caplog.text
+    assert (await store.load([])).aliases  # shared with every process
+    other = KeyPool([k1, k2, k3], store=store, clock=FakeClock(T0))
+    await other.refresh()
+    assert other.organisation(k1) == "org_01real"
+    assert await pool.observe_organization(k1, "org_01real") is None  # nothing new
+
+
+async def test_merging_keeps_the_first_configured_organisation() -> None:
+    k1, k2 = key(1, "org_z"), key(2, "org_a")
+    pool = KeyPool([k1, k2], clock=FakeClock(T0))
+    assert await pool.merge("org_a", "org_z", reason="test") == "org_z"
+    assert pool.canonical("org_a") == "org_z"
+    assert await pool.merge("org_a", "org_z", reason="again") == "org_z"
+
+
+async def test_request_counts_that_continue_each_other_merge_organisations() -> None:
+    clock = FakeClock(T0)
+    k1, k2 = key(1), key(2)
+    pool = KeyPool([k1, k2], clock=clock)
+    o1, o2 = pool.organisation(k1), pool.organisation(k2)
+    # One budget seen through two keys: 990, 989, 988, 987 alternating between them.
+    results = []
+    for n, org in enumerate([o1, o2, o1, o2]):
+        clock.advance(1)
+        results.append(await pool.observe_headers(org, MODEL, rl(990 - n)))
+    assert results[:3] == [None, None, None] and results[3] == o1
+    assert pool.organisation(k2) == o1
+
+
+async def test_independent_request_counts_do_not_merge() -> None:
+    clock = FakeClock(T0)
+    k1, k2 = key(1), key(2)
+    pool = KeyPool([k1, k2], clock=clock)
+    o1, o2 = pool.organisation(k1), pool.organisation(k2)
+    # Two fresh organisations used in turn report the same numbers, each counting its own.
+    for n in range(20):
+        clock.advance(1)
+        assert await pool.observe_headers(o1, MODEL, rl(999 - n)) is None
+        assert await pool.observe_headers(o2, MODEL, rl(999 - n)) is None
+    # Two organisations whose counts happen to be one apart, each continuing its own count.
+    for n in range(20):
+        clock.advance(1)
+        assert await pool.observe_headers(o1, MODEL, rl(500 - n)) is None
+        assert await pool.observe_headers(o2, MODEL, rl(501 - n)) is None
+    # Reports far apart in time prove nothing.
+    for n in range(6):
+        clock.advance(120)
+        org = o1 if n % 2 == 0 else o2
+        assert await pool.observe_headers(org, MODEL, rl(300 - n)) is None
+    assert pool.organisation(k1) != pool.organisation(k2)
+    assert await pool.observe_headers(o1, MODEL, RateLimits(limit_tokens=6000)) is None

@@ -1,0 +1,1466 @@
+"""Quota: shape traffic so Groq never has to answer 429, while using all the allowance there is.
+
+Groq limits each organisation, per model, on four axes at once: requests per minute (RPM),
+requests per day (RPD), tokens per minute (TPM) and tokens per day (TPD). Its buckets refill
+continuously: the headers fit `reset = (limit - remaining) * window / limit` with a 60 s window
+for the minute limits and a rolling 86 400 s for the day limits (see
+`shared/reference/groq-api.md` §1.3). The ledger models exactly that:
+
+- Each (organisation, model) has four **levels**: what was consumed and is still draining,
+  each at `limit / window` per second, never below zero.
+- A **reservation** takes one request (RPM, RPD) and the prompt estimate (TPM, TPD) from all
+  four at once, or nothing. Reservations are *pending*: they do not drain, so releasing one
+  (the call never reached Groq) gives back exactly what it took, however long it was held.
+  Each has an expiry, so a crashed process's reservations come back on their own.
+- **Settling** turns a reservation into consumption: one request, and the prompt plus the
+  completion tokens Groq reports (Groq admits a request on an estimate of its input and charges
+  the output afterwards, so only the input is reserved up front; the output is reconciled here).
+- Room for a request exists when `level + pending + amount <= limit` for every kind with a limit.
+- **Header sync**: Groq's `x-ratelimit-*` headers (`*-requests` = RPD, `*-tokens` = TPM) and 429
+  texts (which name RPM and TPD, the kinds without a header) are folded in. When Groq counts
+  more than the ledger (consumed plus reserved), the ledger's level is raised to match: the
+  server wins. A different limit becomes the limit in force, kept in the shared store.
+
+The arithmetic here is a set of pure functions over bucket records (`Bucket`, `QuotaState`):
+no I/O. `storage/memory.py` calls them; `storage/redis_quota.py` runs the same formulas in one
+Lua script per operation. `QuotaLedger` puts them behind a `QuotaStore`; `QuotaManager` adds
+the key pool, fair waiting, alerts and what the engine calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from .clock import Clock
+from .config import ApiKey
+from .errors import (
+    InvalidRequestError,
+    NoUsableKeyError,
+    QuotaExhaustedError,
+    RequestTooLargeError,
+)
+from .headers import parse_error_text
+from .keys import KeyPool
+from .storage.quota_base import (
+    KINDS,
+    NO_LIMITS,
+    WINDOWS,
+    KeyStateStore,
+    Limits,
+    Observation,
+    QuotaState,
+    QuotaStore,
+)
+from .types import RateLimits, Usage
+
+if TYPE_CHECKING:
+    from .catalog import Catalog, ModelInfo
+    from .config import YmeraSettings
+
+__all__ = [
+    "EPSILON",
+    "KINDS",
+    "MARGIN",
+    "WINDOWS",
+    "Alert",
+    "AlertLevel",
+    "Bucket",
+    "Grant",
+    "Headroom",
+    "KeyPool",
+    "Observation",
+    "QuotaLedger",
+    "QuotaManager",
+    "QuotaState",
+    "drain",
+    "headroom_of",
+    "limits_in_force",
+    "observation_from",
+    "project",
+    "room_wait",
+    "settle_bucket",
+    "snapshot",
+    "try_reserve",
+    "wait_for",
+]
+
+logger = logging.getLogger(__name__)
+
+EPSILON = 1e-9
+"""Slack for display rounding."""
+
+MARGIN = 1e-3
+"""Seconds of refill a partly drained level is counted short, settling ties in Groq's favour.
+
+Draining leaves float residues, Groq computes its own with other roundings, and an epoch clock
+moves in steps of about 2e-7 s: at an exact boundary (a level of 3.0000000000000067 against
+Groq's 3.0000000000000004, say) the two could disagree, and Groq would answer 429. So a level
+above zero counts `limit × MARGIN / window` higher (a millisecond of refill, far above any
+rounding and far below anything that costs throughput), and every wait is a millisecond longer,
+so that waiting what the ledger says is always enough. An empty bucket gets no margin: a
+request of exactly the limit still fits. The Redis script uses the same rule.
+"""
+
+DEFAULT_RESERVATION_TTL = 600.0
+"""Seconds after which an unsettled reservation is given back (its process probably died)."""
+
+
+# -- the arithmetic: pure functions over bucket records -------------------------------------
+
+
+class Bucket:
+    """The mutable record of one (organisation, model): the in-memory store's unit of state.
+
+    `levels[i]` is consumption still draining for kind `KINDS[i]`, as of `updated`.
+    """
+
+    __slots__ = (
+        "cool_until",
+        "learned",
+        "levels",
+        "outstanding",
+        "pending_requests",
+        "pending_tokens",
+        "remaining_requests",
+        "remaining_tokens",
+        "reported_at",
+        "updated",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.levels: list[float] = [0.0, 0.0, 0.0, 0.0]
+        self.pending_requests = 0.0
+        self.pending_tokens = 0.0
+        self.learned: list[int | None] = [None, None, None, None]
+        self.cool_until = 0.0
+        self.updated = now
+        self.remaining_requests: int | None = None
+        self.remaining_tokens: int | None = None
+        self.reported_at: float | None = None
+        self.outstanding = 0
+
+
+def limits_in_force(defaults: Limits, learned: Sequence[int | None]) -> Limits:
+    """Learned limits where known, else the catalog's."""
+    a, b, c, d = learned
+    return (
+        defaults[0] if a is None else a,
+        defaults[1] if b is None else b,
+        defaults[2] if c is None else c,
+        defaults[3] if d is None else d,
+    )
+
+
+def drain(bucket: Bucket, limits: Limits, now: float) -> None:
+    """Let every level drain at `limit / window` per second up to `now` (never below zero).
+
+    A clock that reads earlier than the last update (another host's) drains nothing.
+    """
+    elapsed = now - bucket.updated
+    if elapsed <= 0:
+        return
+    levels = bucket.levels
+    for i in range(4):
+        level = levels[i]
+        if level > 0.0:
+            lim = limits[i]
+            if lim:
+                level -= elapsed * lim / WINDOWS[i]
+                levels[i] = level if level > 0.0 else 0.0
+    bucket.updated = now
+
+
+def room_wait(
+    levels: Sequence[float],
+    pending_requests: float,
+    pending_tokens: float,
+    limits: Limits,
+    cool_until: float,
+    requests: float,
+    tokens: float,
+    now: float,
+) -> float:
+    """Seconds until `requests` and `tokens` fit every bucket (0: now; `inf`: never).
+
+    Pending reservations are assumed to stay: the wait is how long the consumed part must
+    drain, plus `MARGIN`, so that after waiting it fits with room to spare. A request larger
+    than a limit never fits.
+    """
+    wait = cool_until - now + MARGIN if cool_until > now else 0.0
+    for i in range(4):
+        lim = limits[i]
+        if lim is None:
+            continue
+        if i < 2:
+            amount, pending = requests, pending_requests
+        else:
+            amount, pending = tokens, pending_tokens
+        if amount > lim:
+            return math.inf
+        level = levels[i]
+        if level > 0.0:
+            level += lim * MARGIN / WINDOWS[i]
+        excess = level + pending + amount - lim
+        if excess > 0.0:
+            w = excess * WINDOWS[i] / lim + MARGIN
+            if w > wait:
+                wait = w
+    return wait
+
+
+def try_reserve(
+    bucket: Bucket, defaults: Limits, requests: float, tokens: float, now: float
+) -> float:
+    """Reserve on all four buckets, or on none.
+
+    Returns:
+        0 when reserved; else the seconds until it would fit (`inf`: never).
+    """
+    limits = limits_in_force(defaults, bucket.learned)
+    drain(bucket, limits, now)
+    wait = room_wait(
+        bucket.levels,
+        bucket.pending_requests,
+        bucket.pending_tokens,
+        limits,
+        bucket.cool_until,
+        requests,
+        tokens,
+        now,
+    )
+    if wait <= 0.0:
+        bucket.pending_requests += requests
+        bucket.pending_tokens += tokens
+        bucket.outstanding += 1
+        return 0.0
+    return wait
+
+
+def settle_bucket(
+    bucket: Bucket,
+    defaults: Limits,
+    now: float,
+    *,
+    reserved: tuple[float, float] | None,
+    used_requests: float,
+    used_tokens: float,
+    observation: Observation | None = None,
+) -> None:
+    """Take back a reservation, charge what was used, then fold in what Groq said.
+
+    Args:
+        reserved: The reservation's `(requests, tokens)`; `None` when there is none (already
+            settled, expired, or a charge without a reservation).
+        used_requests: Requests to charge to RPM and RPD (0 to release).
+        used_tokens: Tokens to charge to TPM and TPD (0 to release).
+        observation: Limits, levels and cooldown reported by Groq.
+    """
+    limits = limits_in_force(defaults, bucket.learned)
+    drain(bucket, limits, now)
+    if reserved is not None:
+        r, t = reserved
+        bucket.pending_requests = max(0.0, bucket.pending_requests - r)
+        bucket.pending_tokens = max(0.0, bucket.pending_tokens - t)
+        bucket.outstanding = max(0, bucket.outstanding - 1)
+    levels = bucket.levels
+    # A kind without a limit is not tracked: with no refill rate its level could only grow.
+    if used_requests:
+        if limits[0]:
+            levels[0] += used_requests
+        if limits[1]:
+            levels[1] += used_requests
+    if used_tokens:
+        if limits[2]:
+            levels[2] += used_tokens
+        if limits[3]:
+            levels[3] += used_tokens
+    if observation is not None:
+        apply_observation(bucket, defaults, observation, now)
+
+
+def apply_observation(
+    bucket: Bucket, defaults: Limits, observation: Observation, now: float
+) -> None:
+    """Fold what Groq reported into a bucket that is already drained to `now`.
+
+    Learned limits change first (they set the limit the floors are measured against); then each
+    floor raises the level where Groq counts more than consumed plus reserved.
+    """
+    for i, lim in enumerate(observation.limits):
+        if lim is not None and lim > 0:
+            bucket.learned[i] = lim
+    limits = limits_in_force(defaults, bucket.learned)
+    levels = bucket.levels
+    for i, floor in enumerate(observation.floors):
+        if floor is None or not limits[i]:
+            continue
+        pending = bucket.pending_requests if i < 2 else bucket.pending_tokens
+        gap = floor - (levels[i] + pending)
+        if gap > 0:
+            levels[i] += gap
+    if observation.remaining_requests is not None or observation.remaining_tokens is not None:
+        bucket.remaining_requests = observation.remaining_requests
+        bucket.remaining_tokens = observation.remaining_tokens
+        bucket.reported_at = now
+    if observation.cool_until is not None and observation.cool_until > bucket.cool_until:
+        bucket.cool_until = observation.cool_until
+
+
+def snapshot(bucket: Bucket, defaults: Limits) -> QuotaState:
+    """An immutable copy of a bucket record."""
+    learned = tuple(bucket.learned)
+    return QuotaState(
+        levels=tuple(bucket.levels),  # type: ignore[arg-type]
+        pending_requests=bucket.pending_requests,
+        pending_tokens=bucket.pending_tokens,
+        limits=limits_in_force(defaults, learned),
+        learned=learned,  # type: ignore[arg-type]
+        cool_until=bucket.cool_until,
+        updated=bucket.updated,
+        remaining_requests=bucket.remaining_requests,
+        remaining_tokens=bucket.remaining_tokens,
+        reported_at=bucket.reported_at,
+        outstanding=bucket.outstanding,
+    )
+
+
+def empty_state(defaults: Limits, now: float) -> QuotaState:
+    """The state of an (organisation, model) nothing is known about."""
+    return QuotaState((0.0, 0.0, 0.0, 0.0), 0.0, 0.0, defaults, NO_LIMITS, 0.0, now)
+
+
+def project(state: QuotaState, now: float) -> QuotaState:
+    """The state drained forward to `now` (what a store would report then, barring changes)."""
+    elapsed = now - state.updated
+    if elapsed <= 0:
+        return state
+    limits = state.limits
+    lv = list(state.levels)
+    for i in range(4):
+        lim = limits[i]
+        if lim and lv[i] > 0:
+            lv[i] = max(0.0, lv[i] - elapsed * lim / WINDOWS[i])
+    return state._replace(levels=(lv[0], lv[1], lv[2], lv[3]), updated=now)
+
+
+def wait_for(state: QuotaState, requests: float, tokens: float, now: float) -> float:
+    """Seconds until a request fits a (possibly old) state: 0 now, `inf` never."""
+    s = project(state, now)
+    return room_wait(
+        s.levels,
+        s.pending_requests,
+        s.pending_tokens,
+        s.limits,
+        s.cool_until,
+        requests,
+        tokens,
+        now,
+    )
+
+
+def free_fraction(state: QuotaState, requests: float, tokens: float, now: float) -> float:
+    """The smallest share of a limit left after this request (negative: it does not fit)."""
+    elapsed = now - state.updated
+    limits = state.limits
+    levels = state.levels
+    best = 1.0
+    for i in range(4):
+        lim = limits[i]
+        if not lim:
+            continue
+        level = levels[i]
+        if elapsed > 0 and level > 0:
+            level -= elapsed * lim / WINDOWS[i]
+            if level < 0:
+                level = 0.0
+        if i < 2:
+            frac = (lim - level - state.pending_requests - requests) / lim
+        else:
+            frac = (lim - level - state.pending_tokens - tokens) / lim
+        if frac < best:
+            best = frac
+    return best
+
+
+class Headroom(NamedTuple):
+    """What is left of one (organisation, model)'s allowance.
+
+    Attributes:
+        remaining_requests: Requests that fit now (the tighter of RPM and RPD; `inf`: no limit).
+        remaining_tokens: Tokens that fit now (the tighter of TPM and TPD; `inf`: no limit).
+        reset_at: When every bucket will have drained empty (epoch seconds), barring new use.
+        fraction: The smallest share of any limit left, in [0, 1]; 0 while cooling down.
+        org: The organisation.
+    """
+
+    remaining_requests: float
+    remaining_tokens: float
+    reset_at: float
+    fraction: float
+    org: str | None = None
+
+
+def headroom_of(state: QuotaState, now: float, org: str | None = None) -> Headroom:
+    """The `Headroom` of a state at `now`."""
+    s = project(state, now)
+    rem = [math.inf, math.inf]
+    frac = 1.0
+    reset = now
+    for i in range(4):
+        lim = s.limits[i]
+        if not lim:
+            continue
+        left = lim - s.used(i)
+        j = 0 if i < 2 else 1
+        rem[j] = min(rem[j], max(0.0, left))
+        frac = min(frac, left / lim)
+        reset = max(reset, now + s.levels[i] * WINDOWS[i] / lim)
+    if s.cool_until > now:
+        frac = 0.0
+    return Headroom(rem[0], rem[1], reset, min(1.0, max(0.0, frac)), org)
+
+
+def observation_from(
+    rate_limits: RateLimits | None,
+    limits: Limits,
+    *,
+    completion_tokens: float = 0.0,
+    elapsed: float = 0.0,
+    cool_until: float | None = None,
+) -> Observation:
+    """Turn what one Groq response said into an `Observation` of its (organisation, model).
+
+    `*-requests` headers are requests per day and `*-tokens` headers tokens per minute; a
+    429/413 text names its own kind (and is the only source for RPM and TPD). Groq computed
+    `remaining` when it admitted the request, before the completion was charged, so the
+    completion is added to the token floor, and what drained since the reservation is taken
+    off both.
+
+    Args:
+        rate_limits: Parsed headers and error text (`None`: nothing reported).
+        limits: The limits in force for the organisation and model.
+        completion_tokens: Completion tokens of this response (charged after admission).
+        elapsed: Seconds since the reservation (drain Groq applied meanwhile).
+        cool_until: A cooldown to set.
+    """
+    if rate_limits is None:
+        return Observation(cool_until=cool_until)
+    learned: list[int | None] = [None, None, None, None]
+    floors: list[float | None] = [None, None, None, None]
+    for i, lim_h, rem_h, reset_h, extra in (
+        (
+            1,
+            rate_limits.limit_requests,
+            rate_limits.remaining_requests,
+            rate_limits.reset_requests,
+            0.0,
+        ),
+        (
+            2,
+            rate_limits.limit_tokens,
+            rate_limits.remaining_tokens,
+            rate_limits.reset_tokens,
+            completion_tokens,
+        ),
+    ):
+        if lim_h:
+            learned[i] = lim_h
+        lim = lim_h or limits[i]
+        if not lim:
+            continue
+        used: float | None = None
+        if rem_h is not None:
+            used = max(0.0, float(lim - rem_h))
+        elif reset_h is not None:
+            used = min(float(lim), reset_h * lim / WINDOWS[i])
+        if used is not None:
+            floors[i] = max(0.0, used - max(0.0, elapsed) * lim / WINDOWS[i]) + extra
+    kind = rate_limits.limit_kind
+    if kind is not None and rate_limits.limit_value:
+        i = KINDS.index(kind)
+        learned[i] = rate_limits.limit_value
+        if rate_limits.used is not None:
+            floors[i] = max(floors[i] or 0.0, float(rate_limits.used))
+    return Observation(
+        limits=(learned[0], learned[1], learned[2], learned[3]),
+        floors=(floors[0], floors[1], floors[2], floors[3]),
+        remaining_requests=rate_limits.remaining_requests,
+        remaining_tokens=rate_limits.remaining_tokens,
+        cool_until=cool_until,
+    )
+
+
+def _can_fit(limits: Limits, tokens: float) -> bool:
+    """Whether one request of `tokens` can ever fit these limits."""
+    rpm, rpd, tpm, tpd = limits
+    return (
+        (rpm is None or rpm >= 1)
+        and (rpd is None or rpd >= 1)
+        and (tpm is None or tpm >= tokens)
+        and (tpd is None or tpd >= tokens)
+    )
+
+
+def _token_cap(limits: Limits) -> int:
+    """The largest request these limits admit (2**62 when tokens are not limited)."""
+    caps = [lim for lim in (limits[2], limits[3]) if lim]
+    return min(caps) if caps else 2**62
+
+
+def _limits_of(info: ModelInfo) -> Limits:
+    lim = info.limits
+    return (lim.rpm, lim.rpd, lim.tpm, lim.tpd)
+
+
+# -- the ledger: the arithmetic behind a store ----------------------------------------------
+
+
+class QuotaLedger:
+    """Reservations against every (organisation, model)'s four buckets, kept in a `QuotaStore`.
+
+    The ledger also keeps the last state it saw of each pair (`view`), so choosing among
+    organisations costs no round trip; reservations themselves are always checked by the store.
+
+    Args:
+        store: Where the buckets live (memory, or Redis shared by every process).
+        catalog: Default limits per model (the limits in force until Groq reports others).
+        clock: Wall-clock seconds.
+        reservation_ttl: Seconds after which an unsettled reservation is given back.
+    """
+
+    def __init__(
+        self,
+        store: QuotaStore,
+        catalog: Catalog,
+        *,
+        clock: Clock = time.time,
+        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self._clock = clock
+        self.reservation_ttl = reservation_ttl
+        self._defaults: dict[str, Limits] = {}
+        self._views: dict[tuple[str, str], QuotaState] = {}
+
+    def defaults(self, model: str) -> Limits:
+        """The catalog's limits for `model` (`UnknownModelError` if it has no entry)."""
+        lim = self._defaults.get(model)
+        if lim is None:
+            lim = self._defaults[model] = _limits_of(self.catalog.get(model))
+        return lim
+
+    def view(self, org: str, model: str) -> QuotaState | None:
+        """The last state seen of (org, model), or `None`."""
+        return self._views.get((org, model))
+
+    def views(self) -> dict[tuple[str, str], QuotaState]:
+        return dict(self._views)
+
+    def limits(self, org: str, model: str) -> Limits:
+        """The limits in force as last seen (the catalog's when nothing was seen)."""
+        v = self._views.get((org, model))
+        return v.limits if v is not None else self.defaults(model)
+
+    async def reserve(
+        self,
+        org: str,
+        model: str,
+        reservation_id: str,
+        tokens: int,
+        *,
+        requests: int = 1,
+        now: float | None = None,
+    ) -> tuple[float, QuotaState]:
+        """Reserve `requests` and `tokens` on all four buckets, or nothing.
+
+        Returns:
+            `(wait, state)`: 0 when reserved, else seconds until it would fit (`inf`: never).
+        """
+        now = self._clock() if now is None else now
+        wait, state = await self.store.reserve(
+            org,
+            model,
+            reservation_id=reservation_id,
+            requests=requests,
+            tokens=tokens,
+            defaults=self.defaults(model),
+            now=now,
+            ttl=self.reservation_ttl,
+        )
+        self._views[(org, model)] = state
+        return wait, state
+
+    async def settle(
+        self,
+        org: str,
+        model: str,
+        reservation_id: str | None,
+        *,
+        requests: float,
+        tokens: float,
+        observation: Observation | None = None,
+        now: float | None = None,
+    ) -> tuple[bool, QuotaState]:
+        """Replace a reservation with what was used and fold in what Groq said."""
+        now = self._clock() if now is None else now
+        found, state = await self.store.settle(
+            org,
+            model,
+            reservation_id=reservation_id,
+            requests=requests,
+            tokens=tokens,
+            defaults=self.defaults(model),
+            now=now,
+            observation=observation,
+        )
+        self._views[(org, model)] = state
+        return found, state
+
+    async def release(
+        self, org: str, model: str, reservation_id: str, *, now: float | None = None
+    ) -> tuple[bool, QuotaState]:
+        """Give a reservation back in full (the call never reached Groq)."""
+        return await self.settle(org, model, reservation_id, requests=0, tokens=0, now=now)
+
+    async def observe(
+        self, org: str, model: str, observation: Observation, *, now: float | None = None
+    ) -> QuotaState:
+        """Fold in what Groq said, without a reservation."""
+        _, state = await self.settle(
+            org, model, None, requests=0, tokens=0, observation=observation, now=now
+        )
+        return state
+
+    async def state(self, org: str, model: str, *, now: float | None = None) -> QuotaState:
+        """The buckets of (org, model) now, read from the store."""
+        now = self._clock() if now is None else now
+        state = await self.store.get(org, model, defaults=self.defaults(model), now=now)
+        self._views[(org, model)] = state
+        return state
+
+    async def states(
+        self, pairs: Sequence[tuple[str, str]], *, now: float | None = None
+    ) -> list[QuotaState]:
+        """`state` for several pairs in one round trip."""
+        now = self._clock() if now is None else now
+        items = [(org, model, self.defaults(model)) for org, model in pairs]
+        states = await self.store.get_many(items, now=now)
+        for (org, model), st in zip(pairs, states, strict=True):
+            self._views[(org, model)] = st
+        return states
+
+    async def headroom(self, org: str, model: str, *, now: float | None = None) -> Headroom:
+        """What is left of (org, model)'s allowance now."""
+        now = self._clock() if now is None else now
+        return headroom_of(await self.state(org, model, now=now), now, org)
+
+    async def time_until_room(
+        self, org: str, model: str, tokens: int, *, requests: int = 1, now: float | None = None
+    ) -> float:
+        """Seconds until a request of `tokens` fits (0: now; `inf`: never)."""
+        now = self._clock() if now is None else now
+        return wait_for(await self.state(org, model, now=now), requests, tokens, now)
+
+    def __repr__(self) -> str:
+        now = self._clock()
+        per_model: dict[str, list[float]] = {}
+        for (_, model), st in self._views.items():
+            s = project(st, now)
+            acc = per_model.setdefault(model, [0.0] * 8)
+            for i in (0, 2):
+                acc[i] += s.used(i)
+                acc[i + 4] += s.limits[i] or 0
+        if not per_model:
+            return "<QuotaLedger (no activity)>"
+        parts = []
+        for model, acc in list(per_model.items())[:3]:
+            parts.append(
+                f"{model}: rpm {math.ceil(acc[0] - EPSILON)}/{int(acc[4]) or '∞'}, "
+                f"tpm {math.ceil(acc[2] - EPSILON)}/{int(acc[6]) or '∞'}"
+            )
+        more = "; …" if len(per_model) > 3 else ""
+        return f"<QuotaLedger {'; '.join(parts)}{more}>"
+
+
+# -- the manager: what the engine calls -----------------------------------------------------
+
+AlertLevel = Literal["warning", "critical", "emergency"]
+_LEVEL_NAMES: tuple[AlertLevel, AlertLevel, AlertLevel] = ("warning", "critical", "emergency")
+_LOG_LEVEL = {"warning": logging.WARNING, "critical": logging.ERROR, "emergency": logging.CRITICAL}
+_REARM_MARGIN = 0.05
+"""An alert fires again only after use fell this far (absolute share) below its threshold."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A limit crossed a threshold (80 %, 90 %, 95 % by default).
+
+    Attributes:
+        level: `warning`, `critical` or `emergency` (first, second, third threshold).
+        threshold: The threshold crossed (a fraction).
+        fraction: Consumed plus reserved, as a share of the limit.
+        org: The organisation.
+        model: The model.
+        kind: `rpm`, `rpd`, `tpm` or `tpd`.
+        used: Consumed plus reserved.
+        limit: The limit in force.
+        at: When (epoch seconds).
+        keys: Labels of the organisation's keys.
+    """
+
+    level: AlertLevel
+    threshold: float
+    fraction: float
+    org: str
+    model: str
+    kind: str
+    used: float
+    limit: int
+    at: float
+    keys: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.level.upper()}: {self.kind} of {self.model} for {self.org} at "
+            f"{self.fraction:.0%} ({math.ceil(self.used - EPSILON)}/{self.limit}; "
+            f"threshold {self.threshold:.0%})"
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Grant:
+    """A reservation on one key's organisation for one call; settle or release it.
+
+    Attributes:
+        key: The key to call Groq with.
+        model: The model (catalog id).
+        org: The organisation whose buckets hold the reservation.
+        reservation_id: The reservation's id in the quota store.
+        prompt_tokens: The prompt estimate the caller gave.
+        reserved_tokens: Tokens reserved (the estimate, raised if Groq has counted this model's
+            prompts higher than estimated).
+        max_tokens: The completion budget, if the caller gave one (not reserved: Groq charges
+            output after the call).
+        reserved_at: When the reservation was made.
+        waited: Seconds spent waiting for room.
+    """
+
+    key: ApiKey
+    model: str
+    org: str
+    reservation_id: str
+    prompt_tokens: int
+    reserved_tokens: int
+    max_tokens: int | None = None
+    reserved_at: float = 0.0
+    waited: float = 0.0
+
+    @property
+    def key_label(self) -> str:
+        return self.key.label
+
+    def __repr__(self) -> str:
+        return (
+            f"<Grant {self.key.label} {self.key.masked} {self.model} org={self.org} "
+            f"tokens={self.reserved_tokens} id={self.reservation_id}>"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class QuotaManager:
+    """The quota ledger and the key pool together: what the engine calls around each call.
+
+    Every method runs on one event loop (the engine's portal loop).
+
+    Args:
+        keys: The Groq keys.
+        catalog: Model limits (the defaults until Groq reports others).
+        quota_store: Where buckets live (`MemoryQuotaStore`, or `RedisQuotaStore` shared by
+            every process).
+        key_store: Where key health and organisation merges live.
+        clock: Wall-clock seconds; waiting deadlines are computed from it.
+        alert_thresholds: Shares of a limit at which warning, critical and emergency alerts fire.
+        reservation_ttl: Seconds after which an unsettled reservation is given back.
+        max_poll: Longest real sleep between checks while waiting for room (room freed by other
+            processes is seen at this interval at the latest; this process's wakes waiters at
+            once).
+        default_cooldown: Seconds to cool an organisation after a 429 that says nothing of when
+            to retry.
+        correct_estimates: Raise a model's reservations when Groq counts its prompts higher
+            than estimated (`usage.prompt_tokens`, 429/413 texts).
+        key_refresh_interval: Seconds between reloads of shared key health.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[ApiKey],
+        catalog: Catalog,
+        *,
+        quota_store: QuotaStore,
+        key_store: KeyStateStore,
+        clock: Clock = time.time,
+        alert_thresholds: Sequence[float] = (0.8, 0.9, 0.95),
+        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+        max_poll: float = 0.5,
+        default_cooldown: float = 2.0,
+        correct_estimates: bool = True,
+        key_refresh_interval: float = 1.0,
+    ) -> None:
+        self._clock = clock
+        self.catalog = catalog
+        self.pool = KeyPool(
+            keys, store=key_store, clock=clock, refresh_interval=key_refresh_interval
+        )
+        self.ledger = QuotaLedger(
+            quota_store, catalog, clock=clock, reservation_ttl=reservation_ttl
+        )
+        self._thresholds = tuple(sorted(alert_thresholds))
+        self._armed: dict[tuple[str, str, int], int] = {}
+        self._callbacks: list[Callable[[Alert], None]] = []
+        self._outstanding: dict[str, Grant] = {}
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._too_large: dict[str, int] = {}
+        self._ratio: dict[str, float] = {}
+        self._correct = correct_estimates
+        self._max_poll = max_poll
+        self._default_cooldown = default_cooldown
+        # A shared (networked) store suspends mid-operation, where a cancellation could strike
+        # after the script ran; the in-memory one never suspends, so it needs no shield.
+        self._shield = bool(getattr(quota_store, "shared", True))
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(6).hex() + "-"
+        self._touched: set[tuple[str, str]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: YmeraSettings, catalog: Catalog, *, clock: Clock = time.time
+    ) -> QuotaManager:
+        """Build from settings: in-memory stores without `redis_url`, else Redis ones under
+        `settings.namespace`."""
+        from .storage import store_from_url
+
+        url = settings.redis_url or "memory://"
+        return cls(
+            settings.api_keys,
+            catalog,
+            quota_store=store_from_url("quota", url, namespace=settings.namespace),
+            key_store=store_from_url("keys", url, namespace=settings.namespace),
+            clock=clock,
+            alert_thresholds=settings.alert_thresholds,
+        )
+
+    # -- acquiring ------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        model: str,
+        prompt_tokens: int,
+        *,
+        max_tokens: int | None = None,
+        wait: float = 0.0,
+    ) -> Grant:
+        """Reserve room for one call on the key whose organisation has most headroom.
+
+        Takes one request (RPM, RPD) and the prompt estimate (TPM, TPD) atomically. Callers
+        waiting for the same model are served first come, first served: while anyone waits, a
+        caller that will not wait (`wait=0`) is refused at once rather than served ahead.
+
+        Args:
+            model: A catalog id or alias.
+            prompt_tokens: The prompt estimate (what Groq checks on admission).
+            max_tokens: The completion budget, kept on the grant (not reserved).
+            wait: Seconds to wait for room; 0 answers at once.
+
+        Raises:
+            UnknownModelError: The catalog has no such model.
+            RequestTooLargeError: The prompt can never fit the model's tokens-per-minute (or
+                per-day) limit, or Groq already refused one this large (413).
+            QuotaExhaustedError: No room within `wait`; `retry_after` is the earliest time.
+            NoUsableKeyError: No key is configured, or every key is disabled.
+        """
+        if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int):
+            raise InvalidRequestError("prompt_tokens must be an integer")
+        if prompt_tokens < 0:
+            raise InvalidRequestError("prompt_tokens must not be negative")
+        info = self.catalog.get(model)
+        started = self._clock()
+        if not self._queues.get(info.id):
+            grant, retry = await self._attempt(info, prompt_tokens, max_tokens, started)
+            if grant is not None:
+                return grant
+            if wait <= 0 or math.isinf(retry):
+                raise self._exhausted(info.id, retry)
+        elif wait <= 0:
+            # Others are already waiting for this model: going first would not be fair.
+            raise self._exhausted(info.id, await self.time_until_room(info.id, prompt_tokens))
+        return await self._wait_in_line(info, prompt_tokens, max_tokens, started, wait)
+
+    async def _wait_in_line(
+        self,
+        info: ModelInfo,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        started: float,
+        wait: float,
+    ) -> Grant:
+        deadline = started + wait
+        queue = self._queues.setdefault(info.id, deque())
+        me = _Waiter()
+        queue.append(me)
+        try:
+            while True:
+                now = self._clock()
+                retry = math.inf
+                if queue[0] is me:
+                    grant, retry = await self._attempt(info, prompt_tokens, max_tokens, started)
+                    if grant is not None:
+                        return grant
+                    if math.isinf(retry):
+                        raise self._exhausted(info.id, retry)
+                    now = self._clock()
+                left = deadline - now
+                if left <= 0:
+                    if queue[0] is not me:
+                        retry = await self.time_until_room(info.id, prompt_tokens)
+                    raise self._exhausted(info.id, retry)
+                me.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(me.wake.wait(), min(retry, left, self._max_poll))
+        finally:
+            was_head = bool(queue) and queue[0] is me
+            queue.remove(me)
+            if not queue:
+                if self._queues.get(info.id) is queue:
+                    del self._queues[info.id]
+            elif was_head:
+                queue[0].wake.set()
+
+    def _wake(self, model: str) -> None:
+        queue = self._queues.get(model)
+        if queue:
+            queue[0].wake.set()
+
+    def _exhausted(self, model: str, retry: float) -> QuotaExhaustedError:
+        when = None if math.isinf(retry) else max(0.0, retry)
+        hint = f" for {when:.2f}s" if when is not None else ""
+        return QuotaExhaustedError(
+            f"No Groq key has room for {model}{hint}", retry_after=when, model=model
+        )
+
+    def _reserve_amount(self, model: str, prompt_tokens: int) -> int:
+        ratio = self._ratio.get(model, 1.0)
+        if ratio <= 1.0:
+            return prompt_tokens
+        return math.ceil(prompt_tokens * ratio - EPSILON)
+
+    async def _attempt(
+        self, info: ModelInfo, prompt_tokens: int, max_tokens: int | None, started: float
+    ) -> tuple[Grant | None, float]:
+        """Try each organisation, most headroom first; one store round trip per try."""
+        model = info.id
+        now = self._clock()
+        await self.pool.refresh()
+        groups = self.pool.groups(now)
+        if not groups:
+            raise NoUsableKeyError(
+                "No usable Groq key: "
+                + ("every key is disabled (401/403)." if len(self.pool) else "none configured.")
+            )
+        tokens = self._reserve_amount(model, prompt_tokens)
+        defaults = self.ledger.defaults(model)
+        ranked: list[tuple[float, int, str, list[ApiKey]]] = []
+        best_wait = math.inf
+        views = self.ledger._views
+        for n, (org, keys) in enumerate(groups):
+            view = views.get((org, model))
+            limits = view.limits if view is not None else defaults
+            if not _can_fit(limits, tokens):
+                continue
+            if view is None:
+                score = 1.0
+            elif view.cool_until > now:
+                # Cooling down (a 429): no round trip; the wait counts its buckets too.
+                best_wait = min(best_wait, wait_for(view, 1, tokens, now))
+                continue
+            else:
+                score = free_fraction(view, 1, tokens, now)
+            ranked.append((score, n, org, keys))
+        limit_hit = self._too_large.get(model)
+        if limit_hit is not None and tokens >= limit_hit:
+            ranked = []
+        if not ranked:
+            if math.isinf(best_wait):
+                largest = max(_token_cap(self.ledger.limits(org, model)) for org, _ in groups)
+                if limit_hit is not None:
+                    largest = min(largest, limit_hit - 1)
+                raise RequestTooLargeError(
+                    f"A request of {tokens} prompt tokens can never fit {model}: its "
+                    f"tokens-per-minute limit is {largest}. Use a model with a larger "
+                    "allowance or a shorter prompt.",
+                    model=model,
+                    requested=tokens,
+                    limit=largest,
+                )
+            return None, best_wait
+        if len(ranked) > 1:
+            ranked.sort(key=lambda r: (-r[0], r[1]))
+        for _, _, org, keys in ranked:
+            key = self.pool.pick(keys, now)
+            rid = f"{self._id_prefix}{next(self._ids)}"
+            wait, state = await self._reserve(org, model, rid, tokens, now)
+            self._touched.add((org, model))
+            self._check_alerts(org, model, state, now)
+            if wait <= 0:
+                grant = Grant(
+                    key=key,
+                    model=model,
+                    org=org,
+                    reservation_id=rid,
+                    prompt_tokens=prompt_tokens,
+                    reserved_tokens=tokens,
+                    max_tokens=max_tokens,
+                    reserved_at=now,
+                    waited=max(0.0, now - started),
+                )
+                self._outstanding[rid] = grant
+                return grant, 0.0
+            if state.cool_until > now:
+                self.pool.note_cooldown(org, model, state.cool_until)
+            best_wait = min(best_wait, wait)
+        return None, best_wait
+
+    async def _reserve(
+        self, org: str, model: str, rid: str, tokens: int, now: float
+    ) -> tuple[float, QuotaState]:
+        if not self._shield:
+            return await self.ledger.reserve(org, model, rid, tokens, now=now)
+        # Cancelled mid round trip, the script may still have reserved: finish it and give the
+        # reservation back, rather than leaving it to expire.
+        task = asyncio.ensure_future(self.ledger.reserve(org, model, rid, tokens, now=now))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
+            raise
+
+    def _release_orphan(
+        self, task: asyncio.Future[tuple[float, QuotaState]], org: str, model: str, rid: str
+    ) -> None:
+        if task.cancelled() or task.exception() is not None or task.result()[0] > 0:
+            return
+        fut = asyncio.ensure_future(self.ledger.release(org, model, rid))
+        fut.add_done_callback(_log_failure)
+
+    async def _protect(self, coro: Any) -> Any:
+        if not self._shield:
+            return await coro
+        # Finish a settle or release even when the caller is cancelled, so nothing leaks.
+        return await asyncio.shield(asyncio.ensure_future(coro))
+
+    @contextlib.asynccontextmanager
+    async def reserve(
+        self,
+        model: str,
+        prompt_tokens: int,
+        *,
+        max_tokens: int | None = None,
+        wait: float = 0.0,
+    ) -> AsyncIterator[Grant]:
+        """`acquire` as a context: released if the block raises (or is cancelled) before
+        settling; settled with the estimate if the block ends without settling."""
+        grant = await self.acquire(model, prompt_tokens, max_tokens=max_tokens, wait=wait)
+        try:
+            yield grant
+        except BaseException:
+            await self.release(grant)
+            raise
+        else:
+            await self.settle(grant, None, None)
+
+    # -- settling -------------------------------------------------------------------------
+
+    async def settle(
+        self, grant: Grant, usage: Usage | None, rate_limits: RateLimits | None
+    ) -> None:
+        """Swap the reservation for the real usage and fold in the response's headers.
+
+        Idempotent: a grant already settled or released is left alone.
+
+        Args:
+            grant: The grant of the call.
+            usage: Groq's usage (prompt plus completion, cached tokens excluded); `None` or
+                empty charges the reserved estimate.
+            rate_limits: The response's parsed headers.
+        """
+        if self._outstanding.pop(grant.reservation_id, None) is None:
+            return
+        now = self._clock()
+        used = float(grant.reserved_tokens)
+        completion = 0.0
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            completion = float(usage.completion_tokens)
+            used = max(0, usage.prompt_tokens - usage.cached_tokens) + completion
+            self._learn_ratio(grant, usage.prompt_tokens)
+        obs = None
+        if rate_limits is not None and not rate_limits.empty:
+            obs = observation_from(
+                rate_limits,
+                self.ledger.limits(grant.org, grant.model),
+                completion_tokens=completion,
+                elapsed=now - grant.reserved_at,
+            )
+        _, state = await self._protect(
+            self.ledger.settle(
+                grant.org,
+                grant.model,
+                grant.reservation_id,
+                requests=1,
+                tokens=used,
+                observation=obs,
+                now=now,
+            )
+        )
+        self._check_alerts(grant.org, grant.model, state, now)
+        self._wake(grant.model)
+        await self.pool.record_success(grant.key)
+        if rate_limits is not None:
+            await self.pool.observe_headers(grant.org, grant.model, rate_limits, now=now)
+
+    async def release(self, grant: Grant) -> None:
+        """Give the reservation back in full: the call never reached Groq.
+
+        Idempotent, and a no-op after `settle`.
+        """
+        if self._outstanding.pop(grant.reservation_id, None) is None:
+            return
+        await self._protect(self.ledger.release(grant.org, grant.model, grant.reservation_id))
+        self._wake(grant.model)
+
+    async def report_failure(
+        self,
+        grant: Grant,
+        *,
+        status: int | None,
+        rate_limits: RateLimits | None,
+        message: str | None = None,
+    ) -> None:
+        """Account for a failed call and learn from it.
+
+        - 429: nothing was consumed; the organisation cools down for the model until
+          `retry-after` (for a daily limit, until the bucket has room again); limits named in
+          the text are learned.
+        - 413: nothing was consumed; requests this large are refused for the model from now on.
+        - 401/403: the key is disabled everywhere.
+        - 498 and 5xx: nothing was consumed; repeated ones degrade the key.
+        - No status (timeout, connection lost): the call may have reached Groq, so the estimate
+          is charged; repeated ones degrade the key.
+        - Other statuses: the estimate is charged.
+
+        Args:
+            grant: The grant of the failed call.
+            status: The HTTP status, or `None` when no answer came.
+            rate_limits: The error response's parsed headers (and text).
+            message: The error's message (429/413 texts name the limit and organisation).
+        """
+        now = self._clock()
+        rl = _with_text(rate_limits, message)
+        outstanding = self._outstanding.pop(grant.reservation_id, None) is not None
+        rid = grant.reservation_id if outstanding else None
+        limits = self.ledger.limits(grant.org, grant.model)
+        charge = status is None or (status < 500 and status not in (401, 403, 413, 429, 498))
+        cool: float | None = None
+        if status == 429:
+            cool = now + self._cooldown(rl, limits, grant.reserved_tokens)
+        obs = observation_from(rl, limits, cool_until=cool) if rl is not None else None
+        if obs is None and cool is not None:
+            obs = Observation(cool_until=cool)
+        if outstanding or (obs is not None and not obs.empty):
+            _, state = await self._protect(
+                self.ledger.settle(
+                    grant.org,
+                    grant.model,
+                    rid,
+                    requests=1 if charge and outstanding else 0,
+                    tokens=grant.reserved_tokens if charge and outstanding else 0,
+                    observation=obs,
+                    now=now,
+                )
+            )
+            self._check_alerts(grant.org, grant.model, state, now)
+            if state.cool_until > now:
+                self.pool.note_cooldown(grant.org, grant.model, state.cool_until)
+        tokens_kind = rl is not None and rl.limit_kind in ("tpm", "tpd")
+        if status in (413, 429) and rl is not None and rl.requested and tokens_kind:
+            self._learn_ratio(grant, rl.requested)
+        if status == 413:
+            hit = self._too_large.get(grant.model)
+            if hit is None or grant.reserved_tokens < hit:
+                self._too_large[grant.model] = grant.reserved_tokens
+        if status in (401, 403):
+            await self.pool.disable(grant.key, f"Groq answered {status}")
+        elif status is None or status == 498 or status >= 500:
+            await self.pool.record_failure(grant.key)
+        if rl is not None and rl.organization:
+            await self.pool.observe_organization(grant.key, rl.organization)
+        self._wake(grant.model)
+
+    def _cooldown(self, rl: RateLimits | None, limits: Limits, tokens: int) -> float:
+        """Seconds to cool an organisation after a 429.
+
+        `retry-after` for the minute limits; for a daily limit the time until the bucket has
+        room for this request again (Groq's `retry-after` then says only "a few seconds").
+        """
+        if rl is None:
+            return self._default_cooldown
+        wait = rl.retry_after or 0.0
+        kind = rl.limit_kind
+        if kind is not None:
+            i = KINDS.index(kind)
+            lim = rl.limit_value or limits[i]
+            if lim and rl.used is not None:
+                requested = rl.requested or (1 if i < 2 else tokens)
+                wait = max(wait, (rl.used + requested - lim) * WINDOWS[i] / lim)
+        return wait if wait > 0 else self._default_cooldown
+
+    def _learn_ratio(self, grant: Grant, counted: int) -> None:
+        """Track how Groq's prompt count compares with the estimate (only ever raises it)."""
+        if not self._correct or grant.prompt_tokens < 16 or counted <= 0:
+            return
+        observed = counted / grant.prompt_tokens
+        ratio = self._ratio.get(grant.model, 1.0)
+        # Up at once (an underestimate risks a 429), down slowly.
+        ratio = min(4.0, observed) if observed > ratio else max(1.0, 0.9 * ratio + 0.1 * observed)
+        if ratio < 1.01:  # within the estimate's own noise: no correction
+            self._ratio.pop(grant.model, None)
+        else:
+            self._ratio[grant.model] = ratio
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _usable_orgs(self) -> list[str]:
+        return [org for org, _ in self.pool.groups(self._clock())]
+
+    async def time_until_room(self, model: str, prompt_tokens: int) -> float:
+        """Seconds until some key has room for a request (0: now; `inf`: never, because it is
+        too large for the model or no key is usable)."""
+        info = self.catalog.get(model)
+        await self.pool.refresh()
+        orgs = self._usable_orgs()
+        tokens = self._reserve_amount(info.id, prompt_tokens)
+        hit = self._too_large.get(info.id)
+        if not orgs or (hit is not None and tokens >= hit):
+            return math.inf
+        now = self._clock()
+        states = await self.ledger.states([(org, info.id) for org in orgs], now=now)
+        return min(wait_for(st, 1, tokens, now) for st in states)
+
+    async def headroom(self, model: str) -> float:
+        """The share, in [0, 1], of the tightest limit left on the organisation with most room."""
+        best = await self.headroom_detail(model)
+        return best.fraction
+
+    async def headroom_detail(self, model: str) -> Headroom:
+        """The `Headroom` of the organisation with most room for `model`."""
+        info = self.catalog.get(model)
+        await self.pool.refresh()
+        orgs = self._usable_orgs()
+        now = self._clock()
+        if not orgs:
+            return Headroom(0.0, 0.0, now, 0.0, None)
+        states = await self.ledger.states([(org, info.id) for org in orgs], now=now)
+        rooms = [headroom_of(st, now, org) for org, st in zip(orgs, states, strict=True)]
+        return max(rooms, key=lambda h: h.fraction)
+
+    async def usage(self) -> dict[str, Any]:
+        """Usage per key and per model, in the original plan's shape.
+
+        Returns:
+            `{"keys": {label: {"org", "masked", "health", "usage": {model: {"rpm": {"used",
+            "limit"}, "rpd": …, "tpm": …, "tpd": …}}}}, "models": {model: {"rpm": {"used",
+            "limit"}, …, "remaining": {org: {"requests", "tokens", "reported_at"}},
+            "cooling_until": {org: t}}}}`. `used` counts consumption still in the window plus
+            reservations; model totals add up every organisation.
+        """
+        await self.pool.refresh()
+        now = self._clock()
+        orgs = sorted({self.pool.organisation(k) for k in self.pool.keys})
+        models = [m.id for m in self.catalog.served()]
+        models += sorted({m for _, m in self._touched if m not in models})
+        pairs = [(org, m) for org in orgs for m in models]
+        states = dict(zip(pairs, await self.ledger.states(pairs, now=now), strict=True))
+        active: dict[str, dict[str, QuotaState]] = {}
+        for (org, model), st in states.items():
+            if (
+                (org, model) in self._touched
+                or any(st.used(i) > EPSILON for i in range(4))
+                or st.reported_at is not None
+                or st.learned != NO_LIMITS
+                or st.cool_until > now
+            ):
+                active.setdefault(model, {})[org] = st
+
+        def kinds(st: QuotaState) -> dict[str, dict[str, int | None]]:
+            return {
+                kind: {"used": math.ceil(st.used(i) - EPSILON), "limit": st.limits[i]}
+                for i, kind in enumerate(KINDS)
+            }
+
+        keys_out: dict[str, Any] = {}
+        for key in self.pool.keys:
+            org = self.pool.organisation(key)
+            keys_out[key.label] = {
+                "org": org,
+                "masked": key.masked,
+                "health": self.pool.health(key, now=now),
+                "usage": {m: kinds(by[org]) for m, by in active.items() if org in by},
+            }
+        models_out: dict[str, Any] = {}
+        for model, by in active.items():
+            totals: dict[str, Any] = {}
+            for i, kind in enumerate(KINDS):
+                limits = [st.limits[i] for st in by.values()]
+                totals[kind] = {
+                    "used": sum(math.ceil(st.used(i) - EPSILON) for st in by.values()),
+                    "limit": None
+                    if any(v is None for v in limits)
+                    else sum(v for v in limits if v is not None),
+                }
+            totals["remaining"] = {
+                org: {
+                    "requests": st.remaining_requests,
+                    "tokens": st.remaining_tokens,
+                    "reported_at": st.reported_at,
+                }
+                for org, st in by.items()
+                if st.reported_at is not None
+            }
+            totals["cooling_until"] = {
+                org: st.cool_until for org, st in by.items() if st.cool_until > now
+            }
+            models_out[model] = totals
+        return {"keys": keys_out, "models": models_out}
+
+    async def idle(self) -> bool:
+        """Whether no reservation made here is outstanding."""
+        return not self._outstanding
+
+    @property
+    def outstanding(self) -> int:
+        """Reservations made here and neither settled nor released."""
+        return len(self._outstanding)
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def add_alert_callback(self, cb: Callable[[Alert], None]) -> None:
+        """Call `cb` with every `Alert` (also logged), once per upward crossing."""
+        self._callbacks.append(cb)
+
+    def _check_alerts(self, org: str, model: str, state: QuotaState, now: float) -> None:
+        thresholds = self._thresholds
+        if not thresholds:
+            return
+        for i in range(4):
+            lim = state.limits[i]
+            if not lim:
+                continue
+            used = state.levels[i] + (state.pending_requests if i < 2 else state.pending_tokens)
+            frac = used / lim
+            slot = (org, model, i)
+            fired = self._armed.get(slot, -1)
+            if fired >= 0 and frac < thresholds[fired] - _REARM_MARGIN:
+                fired = -1
+                for j, th in enumerate(thresholds):
+                    if frac >= th - _REARM_MARGIN:
+                        fired = j
+                self._armed[slot] = fired
+            if frac < thresholds[0]:
+                continue
+            crossed = -1
+            for j, th in enumerate(thresholds):
+                if frac >= th:
+                    crossed = j
+            if crossed > fired:
+                self._armed[slot] = crossed
+                self._fire(
+                    Alert(
+                        level=_LEVEL_NAMES[min(crossed, 2)],
+                        threshold=thresholds[crossed],
+                        fraction=frac,
+                        org=org,
+                        model=model,
+                        kind=KINDS[i],
+                        used=used,
+                        limit=lim,
+                        at=now,
+                        keys=tuple(k.label for k in self.pool.keys_of(org)),
+                    )
+                )
+
+    def _fire(self, alert: Alert) -> None:
+        logger.log(_LOG_LEVEL[alert.level], "Quota alert %s", alert.message)
+        for cb in list(self._callbacks):
+            try:
+                cb(alert)
+            except Exception:
+                logger.exception("Quota alert callback %r failed", cb)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close both stores (outstanding reservations expire on their own)."""
+        if self._closed:
+            return
+        self._closed = True
+        for queue in self._queues.values():
+            for w in queue:
+                w.wake.set()
+        await self.ledger.store.aclose()
+        await self.pool.store.aclose()
+
+    def __repr__(self) -> str:
+        return f"<QuotaManager {self.pool!r} {self.ledger!r} outstanding={self.outstanding}>"
+
+
+def _with_text(rate_limits: RateLimits | None, message: str | None) -> RateLimits | None:
+    """Add what an error text says to parsed headers, where the headers did not say it."""
+    if not message:
+        return rate_limits
+    facts = parse_error_text(message)
+    if not facts:
+        return rate_limits
+    base = rate_limits or RateLimits()
+    updates: dict[str, Any] = {}
+    for name in ("limit_kind", "limit_value", "used", "requested", "organization"):
+        if getattr(base, name) is None and name in facts:
+            updates[name] = facts[name]
+    if base.retry_after is None and "wait" in facts:
+        updates["retry_after"] = facts["wait"]
+    if not updates:
+        return base
+    from dataclasses import replace
+
+    return replace(base, **updates)
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        logger.warning("Giving back a cancelled reservation failed: %s", exc)
