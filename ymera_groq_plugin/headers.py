@@ -57,11 +57,13 @@ def parse_go_duration(value: str | None) -> float | None:
 
 def format_go_duration(seconds: float) -> str:
     """Format seconds the way Groq does: `2m59.56s`, `7.66s`, `130ms`, `0s`."""
-    if seconds <= 0:
-        return "0s"
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    hours, rest = divmod(seconds, 3600)
+    # Round to Groq's precision first, so a carry (119.9999 s) becomes 2m0s, not 1m60s.
+    millis = round(seconds * 1000)
+    if millis <= 0:
+        return "0s" if seconds <= 0 else "1ms"
+    if millis < 1000:
+        return f"{millis}ms"
+    hours, rest = divmod(millis / 1000, 3600)
     minutes, secs = divmod(rest, 60)
     out = ""
     if hours >= 1:
@@ -70,6 +72,14 @@ def format_go_duration(seconds: float) -> str:
         out += f"{int(minutes)}m"
     s = f"{secs:.3f}".rstrip("0").rstrip(".")
     return out + f"{s or '0'}s"
+
+
+def _bounded(text: str | None) -> int | None:
+    """An integer from a message, or `None` when absent or implausibly large."""
+    if not text or len(text) > 13:
+        return None
+    value = int(text)
+    return value if value <= 10**12 else None
 
 
 def _int(headers: Mapping[str, Any], name: str) -> int | None:
@@ -107,12 +117,13 @@ def parse_error_text(message: str | None) -> dict[str, Any]:
         kind = m.group("kind").lower()
         if kind in ("itpm", "otpm"):
             kind = "tpm"
-        out["limit_kind"] = kind
-        out["limit_value"] = int(m.group("limit"))
-        if m.group("used"):
-            out["used"] = int(m.group("used"))
-        if m.group("requested"):
-            out["requested"] = int(m.group("requested"))
+        limit = _bounded(m.group("limit"))
+        if limit is not None:
+            out["limit_kind"] = kind
+            out["limit_value"] = limit
+            for field in ("used", "requested"):
+                if (value := _bounded(m.group(field))) is not None:
+                    out[field] = value
     if m := _ORG_TEXT.search(message):
         out["organization"] = m.group("org")
     if m := _TRY_AGAIN.search(message):

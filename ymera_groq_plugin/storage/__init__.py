@@ -8,9 +8,14 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigurationError
 from .base import KEY_PREFIX, astorage_errors, dumps, loads, redis_client, storage_errors
+from .learning_base import LearningStore
+from .quota_base import KeyStateStore, QuotaStore
 
 __all__ = [
     "KEY_PREFIX",
+    "KeyStateStore",
+    "LearningStore",
+    "QuotaStore",
     "astorage_errors",
     "dumps",
     "loads",
