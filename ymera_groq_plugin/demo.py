@@ -54,15 +54,16 @@ class AgentKind:
     """A template for prompts that never repeat (`{n}` is filled in)."""
 
 
-_CODE = '''def transfer(src, dst, amount):
+_CODE = """def transfer(src, dst, amount):
     src.balance -= amount
     dst.balance += amount
     db.session.commit()
-'''
+"""
 
 AGENT_KINDS: tuple[AgentKind, ...] = (
     AgentKind(
-        "validator", 0.20,
+        "validator",
+        0.20,
         (
             'Validate this JSON payload against the user schema: {"id": 7, "email": "a@b.co"}',
             "Check whether this email address is valid: someone@example..com",
@@ -71,7 +72,8 @@ AGENT_KINDS: tuple[AgentKind, ...] = (
         "Validate this order record #{n}: quantity={q}, price={p}, currency=EUR",
     ),
     AgentKind(
-        "formatter", 0.10,
+        "formatter",
+        0.10,
         (
             "Format this list as a markdown table: apples 3, pears 5, plums 2",
             "Reformat this date to ISO 8601: 3rd of March 2026, 14:05",
@@ -79,7 +81,8 @@ AGENT_KINDS: tuple[AgentKind, ...] = (
         "Format these {q} log lines as JSON objects: level=INFO id={n} msg=started",
     ),
     AgentKind(
-        "monitor", 0.08,
+        "monitor",
+        0.08,
         (
             "Summarise these metrics and flag anomalies: cpu=97% mem=41% p95=812ms errors=0.2%",
             "Is this health check healthy? status=degraded db=ok cache=timeout",
@@ -87,7 +90,8 @@ AGENT_KINDS: tuple[AgentKind, ...] = (
         "Report anomalies in window {n}: cpu={q}% latency_p95={p}ms error_rate=0.{q}%",
     ),
     AgentKind(
-        "coder", 0.16,
+        "coder",
+        0.16,
         (
             "Write a Python function that deduplicates a list while keeping order.",
             "Implement a retry decorator with exponential backoff in Python.",
@@ -95,35 +99,43 @@ AGENT_KINDS: tuple[AgentKind, ...] = (
         "Write a Python function that parses invoice #{n} lines into dataclasses ({q} fields).",
     ),
     AgentKind(
-        "tester", 0.08,
+        "tester",
+        0.08,
         ("Write pytest unit tests for a function slugify(title) that lowercases and dashes.",),
         "Write pytest tests for the pagination helper page({n}, size={q}) edge cases.",
     ),
     AgentKind(
-        "api_designer", 0.06,
+        "api_designer",
+        0.06,
         ("Design a REST endpoint for creating and listing webhooks, with status codes.",),
         "Design the API for resource #{n}: list, get, update, with pagination of {q}.",
     ),
     AgentKind(
-        "architect", 0.08,
+        "architect",
+        0.08,
         ("Propose an architecture for a multi-tenant event pipeline with exactly-once delivery.",),
         "Compare two architectures for service #{n} handling {q}k requests per second.",
     ),
     AgentKind(
-        "security_reviewer", 0.08,
+        "security_reviewer",
+        0.08,
         (f"Review this code for security vulnerabilities and race conditions:\n{_CODE}",),
         "Audit endpoint #{n} for injection and authorization flaws; it takes {q} parameters.",
     ),
     AgentKind(
-        "codebase_analyst", 0.06,
+        "codebase_analyst",
+        0.06,
         (
             "Analyse this module and summarise its responsibilities:\n"
-            + "\n".join(f"def handler_{i}(event):\n    return process(event, {i})" for i in range(60)),
+            + "\n".join(
+                f"def handler_{i}(event):\n    return process(event, {i})" for i in range(60)
+            ),
         ),
         "Summarise the design of repository section #{n} across these {q} files.",
     ),
     AgentKind(
-        "translator", 0.10,
+        "translator",
+        0.10,
         (
             "将以下文本翻译成英文：我们的服务今天下午三点进行维护。",
             "Traduis en anglais : le déploiement est prévu pour demain matin.",
@@ -190,7 +202,10 @@ async def _workload(
 
 
 def _summary(
-    snap: dict[str, Any], server_stats: dict[str, Any] | None, result: dict[str, Any], elapsed: float
+    snap: dict[str, Any],
+    server_stats: dict[str, Any] | None,
+    result: dict[str, Any],
+    elapsed: float,
 ) -> dict[str, Any]:
     perf = snap["performance"]
     by_status = (server_stats or {}).get("by_status", {})
@@ -296,9 +311,7 @@ def run_demo(
             TimeElapsedColumn(),
             console=console,
         ) as progress:
-            result = asyncio.run(
-                _workload(llm, roster, per_agent, duration, 0.45, progress, rng)
-            )
+            result = asyncio.run(_workload(llm, roster, per_agent, duration, 0.45, progress, rng))
         elapsed = time.perf_counter() - started
         snap = engine.snapshot()
         server_stats = server.stats().as_dict() if server is not None else None
