@@ -1,4 +1,21 @@
-"""The `ymera-groq` command line: `demo`, `status`, `models`, `route`, `keys`, `learning`."""
+"""The `ymera-groq` command line.
+
+```
+ymera-groq demo [--live] [--requests N] [--agents N] [--seconds S] [--json]
+ymera-groq status [--json] [--watch SECONDS] [--process] [--prometheus]
+ymera-groq metrics [--serve PORT] [--addr ADDR] [--process]
+ymera-groq models [--json] [--all]
+ymera-groq route "text" [--agent NAME] [--task TYPE] [--json]
+ymera-groq keys [--json]
+ymera-groq learning show|export|import [FILE|-] [--json]
+```
+
+Configuration comes from the environment (`GROQ_API_KEY…`, `YMERA_REDIS_URL`, …), as for
+`YmeraSettings`. With `YMERA_REDIS_URL` set, `status`, `keys` and `metrics` show the whole
+fleet; without it they show only what this process (and the data directory) knows. Tables are
+laid out to read on an 80-column terminal; alert levels are coloured (80 % yellow, 90 % red,
+95 % white on red).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +24,35 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import YmeraError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from .engine import Engine
 
-_LEVEL_STYLE = {"warning": "yellow", "critical": "red", "emergency": "bold white on red"}
+__all__ = ["build_parser", "main", "render_snapshot"]
+
+_LEVEL_STYLE = {
+    "warning": "yellow",
+    "critical": "bold red",
+    "emergency": "bold white on red",
+}
+_HEALTH_STYLE = {
+    "healthy": "green",
+    "cooling": "yellow",
+    "degraded": "dark_orange",
+    "disabled": "bold red",
+}
+_DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95)
+_KINDS = ("rpm", "rpd", "tpm", "tpd")
 
 
 def _console() -> Console:
@@ -27,6 +61,66 @@ def _console() -> Console:
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _table(title: str | None = None, **kwargs: Any) -> Table:
+    # A light box with collapsed padding: two spaces between columns, so a table of ten
+    # short columns fits 80 columns.
+    return Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+        title_justify="left",
+        title_style="bold",
+        **kwargs,
+    )
+
+
+# -- formatting -------------------------------------------------------------------------
+
+
+def short_model(model_id: str) -> str:
+    """A model id without its vendor prefix (`openai/gpt-oss-20b` → `gpt-oss-20b`)."""
+    return model_id.rsplit("/", 1)[-1]
+
+
+def human(value: float | int | None) -> str:
+    """A compact number: 950, 1.2k, 14.4k, 131k, 1M."""
+    if value is None:
+        return "–"
+    v = float(value)
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            scaled = v / size
+            text = f"{scaled:.1f}" if abs(scaled) < 100 else f"{scaled:.0f}"
+            return text.removesuffix(".0") + unit
+    return f"{v:.0f}"
+
+
+def level_of(fraction: float, thresholds: Sequence[float] = _DEFAULT_THRESHOLDS) -> str | None:
+    """The alert level a share of a limit reaches (`None` under the first threshold)."""
+    ths = sorted(thresholds)
+    crossed = [i for i, th in enumerate(ths) if fraction >= th]
+    if not crossed:
+        return None
+    return ("warning", "critical", "emergency")[min(crossed[-1], 2)]
+
+
+def _styled(text: str, fraction: float, thresholds: Sequence[float]) -> str:
+    level = level_of(fraction, thresholds)
+    return f"[{_LEVEL_STYLE[level]}]{text}[/]" if level else text
+
+
+def _used_cell(v: Any, thresholds: Sequence[float]) -> str:
+    """`used/limit` in compact numbers, coloured by alert level."""
+    if not isinstance(v, Mapping):
+        return "–"
+    used, limit = v.get("used") or 0, v.get("limit")
+    if not limit:
+        return human(used)
+    return _styled(f"{human(used)}/{human(limit)}", used / limit, thresholds)
 
 
 # -- models ------------------------------------------------------------------------------
@@ -38,33 +132,78 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     settings = YmeraSettings()
     catalog = load_catalog(settings.catalog_path, serve_successor=settings.serve_successor)
-    rows = [
-        m for m in catalog.models if args.all or m.is_served(catalog.today)
-    ]
+    rows = [m for m in catalog.models if args.all or m.is_served(catalog.today)]
+    reported: dict[str, Any] = {}
+    if settings.redis_url and settings.api_keys:
+        # Only the shared ledger knows what Groq reported; a fresh embedded process knows nothing.
+        snap = _engine(settings).snapshot()
+        reported = {
+            name: {k: m[k] for k in ("limits_reported", "remaining_reported") if k in m}
+            for name, m in snap["models"].items()
+            if "limits_reported" in m or "remaining_reported" in m
+        }
     if args.json:
-        _print_json([m.model_dump(mode="json") for m in rows])
+        out = []
+        for m in rows:
+            entry = m.model_dump(mode="json")
+            if m.id in reported:
+                entry["reported"] = reported[m.id]
+            out.append(entry)
+        _print_json(out)
         return 0
-    table = Table(title=f"Groq models ({len(catalog.served())} served)")
-    for col in ("model", "context", "max out", "RPM", "RPD", "TPM", "TPD", "speed", "quality",
-                "status", "strengths"):
-        table.add_column(col, justify="right" if col in ("context", "max out", "RPM", "RPD",
-                                                         "TPM", "TPD") else "left")
+    con = _console()
+    wide = con.width >= 120
+    table = _table(f"Groq models ({len(catalog.served())} served; limits per organisation)")
+    table.add_column("model", overflow="fold", min_width=_name_width(m.id for m in rows))
+    for col in ("ctx", "out", "RPM", "RPD", "TPM", "TPD"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("s/q", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    if wide:
+        table.add_column("strengths", overflow="fold")
+    if reported:
+        table.add_column("Groq left", justify="right")
+    retired: list[str] = []
     for m in rows:
         served = m.is_served(catalog.today)
-        status = m.lifecycle.status if served else f"shut down → {m.lifecycle.successor}"
+        status = m.lifecycle.status if served else "retired"
+        if not served:
+            successor = short_model(m.lifecycle.successor) if m.lifecycle.successor else "none"
+            retired.append(f"{short_model(m.id)} → {successor}")
         lim = m.limits
-        table.add_row(
-            m.id,
-            f"{m.context_window:,}",
-            f"{m.max_completion_tokens:,}",
-            *(f"{v:,}" if v else "–" for v in (lim.rpm, lim.rpd, lim.tpm, lim.tpd)),
-            "★" * m.speed_tier,
-            "★" * m.quality_tier,
+        cells = [
+            escape(short_model(m.id)),
+            human(m.context_window),
+            human(m.max_completion_tokens),
+            *(human(v) if v else "–" for v in (lim.rpm, lim.rpd, lim.tpm, lim.tpd)),
+            f"{m.speed_tier}/{m.quality_tier}",
             status if served else f"[dim]{status}[/dim]",
-            ", ".join(m.strengths[:4]),
-        )
-    _console().print(table)
+        ]
+        if wide:
+            cells.append(", ".join(m.strengths[:4]))
+        if reported:
+            cells.append(_remaining_cell(reported.get(m.id, {}).get("remaining_reported")))
+        table.add_row(*cells)
+    con.print(table)
+    for line in retired:
+        con.print(f"[dim]  retired: {escape(line)}[/dim]")
+    if not wide:
+        con.print("[dim]s/q: speed/quality, 1–5; a wider terminal also shows strengths[/dim]")
     return 0
+
+
+def _name_width(names: Iterable[str]) -> int:
+    """Room for the short model ids (longer ones fold)."""
+    return min(24, max((len(short_model(n)) for n in names), default=10))
+
+
+def _remaining_cell(remaining: Any) -> str:
+    """What Groq's headers said remains, summed over organisations: `requests/day · tokens/min`."""
+    if not isinstance(remaining, Mapping) or not remaining:
+        return "–"
+    req = sum(r.get("requests") or 0 for r in remaining.values() if isinstance(r, Mapping))
+    tok = sum(r.get("tokens") or 0 for r in remaining.values() if isinstance(r, Mapping))
+    return f"{human(req)}·{human(tok)}"
 
 
 # -- route -------------------------------------------------------------------------------
@@ -83,147 +222,299 @@ def cmd_route(args: argparse.Namespace) -> int:
         f"[bold]task[/bold] {data['task_type']}  [bold]complexity[/bold] {data['complexity']}  "
         f"[bold]estimated tokens[/bold] {data['estimated_tokens']}"
     )
-    table = Table(title="plan")
+    table = _table("plan")
     table.add_column("#", justify="right")
-    table.add_column("model")
+    table.add_column("model", overflow="fold")
     for i, m in enumerate(data["plan"], 1):
-        table.add_row(str(i), m)
+        table.add_row(str(i), escape(m))
     con.print(table)
     for reason in data["reasons"]:
-        con.print(f"  • {reason}")
+        con.print(f"  • {escape(reason)}")
     for model, why in data.get("dropped", {}).items():
-        con.print(f"  [dim]✗ {model}: {why}[/dim]")
+        con.print(f"  [dim]✗ {escape(model)}: {escape(str(why))}[/dim]")
     return 0
 
 
-# -- keys and status ---------------------------------------------------------------------
+# -- engine-backed commands ------------------------------------------------------------------
+
+_OPENED: list[Engine] = []
 
 
-def _engine() -> Any:
+def _engine(settings: Any = None) -> Engine:
+    """The process's shared engine for the environment's configuration."""
     from .engine import Engine
 
-    return Engine.shared()
+    engine = Engine.shared(settings)
+    if engine not in _OPENED:
+        _OPENED.append(engine)
+    return engine
+
+
+def _close_engines() -> None:
+    """Close the engines this command line used (flushes Redis and SQLite connections)."""
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from .config import YmeraSettings
 
     settings = YmeraSettings()
-    health: dict[str, Any] = {}
+    keys: list[dict[str, Any]] = []
+    thresholds: Sequence[float] = settings.alert_thresholds
     if settings.api_keys:
-        snap = _engine().snapshot()
-        health = {k["label"]: k for k in snap["api_keys"]["keys"]}
+        keys = _engine(settings).snapshot()["api_keys"]["keys"]
     rows = [
         {
-            "label": k.label,
-            "key": k.masked,
-            "organisation": k.org or "(own)",
-            "health": health.get(k.label, {}).get("health", "unknown"),
+            "label": k["label"],
+            "key": k["key"],
+            "organisation": k["org"],
+            "health": k["health"],
+            "usage": {kind: k["usage"][kind]["max_fraction"] for kind in _KINDS},
         }
-        for k in settings.api_keys
+        for k in keys
     ]
     if args.json:
         _print_json(rows)
         return 0
+    con = _console()
     if not rows:
-        _console().print("No keys: set GROQ_API_KEY (and GROQ_API_KEY_2, …).")
+        con.print("No keys: set GROQ_API_KEY (and GROQ_API_KEY_2, …, GROQ_ORG_N).")
         return 0
-    table = Table(title=f"{len(rows)} keys")
+    orgs = len({r["organisation"] for r in rows})
+    table = _table(f"{len(rows)} keys in {orgs} organisations (use of the busiest model)")
     for col in ("label", "key", "organisation", "health"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
+    for kind in _KINDS:
+        table.add_column(kind.upper(), justify="right")
     for r in rows:
-        style = "green" if r["health"] == "healthy" else "yellow"
-        table.add_row(r["label"], r["key"], r["organisation"], f"[{style}]{r['health']}[/]")
-    _console().print(table)
+        table.add_row(
+            escape(r["label"]),
+            escape(r["key"]),
+            escape(r["organisation"]),
+            _health(r["health"]),
+            *(_styled(f"{r['usage'][k]:.0%}", r["usage"][k], thresholds) for k in _KINDS),
+        )
+    con.print(table)
+    if not settings.redis_url:
+        con.print("[dim]embedded mode: health and use as this process knows them[/dim]")
     return 0
 
 
-def render_snapshot(snap: dict[str, Any], console: Console) -> None:
-    """Print a snapshot as the dashboard: keys, models, cache, performance, alerts."""
+def _health(state: str) -> str:
+    style = _HEALTH_STYLE.get(state)
+    return f"[{style}]{state}[/]" if style else state
+
+
+def render_snapshot(snap: Mapping[str, Any], console: Console) -> None:
+    """Print a snapshot as the dashboard: summary, keys, models, cache, learning, alerts."""
+    thresholds: Sequence[float] = snap.get("alert_thresholds") or _DEFAULT_THRESHOLDS
     keys = snap["api_keys"]
     perf = snap["performance"]
-    cache = snap["cache"]
-    console.print(
-        f"[bold]keys[/bold] {keys['healthy']}/{keys['total']} healthy   "
-        f"[bold]requests[/bold] {perf['requests_today']}   "
-        f"[bold]success[/bold] {perf['success_rate']:.1%}   "
-        f"[bold]avg[/bold] {perf['avg_latency_ms']:.1f} ms   "
-        f"[bold]p95[/bold] {perf['p95_latency_ms']:.1f} ms   "
-        f"[bold]429s received[/bold] {perf['rate_limited_received']}"
+    cache = snap.get("cache") or {}
+    scope = snap.get("scope", "process")
+    procs = perf.get("processes")
+    where = (
+        f"fleet of {procs} process{'es' if procs != 1 else ''}"
+        if scope == "fleet"
+        else ("this process")
     )
-    t = Table(title="keys")
-    for col in ("label", "org", "health", "rpm", "rpd", "tpm", "tpd"):
-        t.add_column(col)
-    for k in keys["keys"]:
-        u = k.get("usage", {})
-        t.add_row(
-            k["label"], str(k.get("org", "")), k.get("health", ""),
-            *(_used(u.get(x)) for x in ("rpm", "rpd", "tpm", "tpd")),
-        )
-    console.print(t)
-    t = Table(title="models")
-    for col in ("model", "requests", "tokens", "rpd used", "tpd used", "remaining (Groq)"):
-        t.add_column(col)
-    for model, m in sorted(snap["models"].items()):
-        t.add_row(
-            model,
-            str(m.get("requests", 0)),
-            str(m.get("tokens", 0)),
-            _used(m.get("rpd")),
-            _used(m.get("tpd")),
-            str(m.get("remaining_reported", "–")),
-        )
-    console.print(t)
-    t = Table(title="cache")
-    for col in ("tier", "hits", "misses", "hit rate", "size", "lookup ms"):
-        t.add_column(col)
-    for tier in ("l1", "l2", "l3"):
-        c = cache.get(tier)
-        if c:
-            t.add_row(tier, str(c["hits"]), str(c["misses"]), f"{c['hit_rate']:.1%}",
-                      str(c.get("size", "–")), f"{c.get('mean_lookup_ms', 0):.3f}")
-    tot = cache.get("total", {})
-    t.add_row("total", str(tot.get("hits", 0)), str(tot.get("misses", 0)),
-              f"{tot.get('hit_rate', 0):.1%}", "", "")
-    console.print(t)
-    learning = snap.get("learning", {})
-    if learning:
-        t = Table(title="learning: best model per agent and task")
-        for col in ("agent:task", "model", "score", "executions"):
-            t.add_column(col)
-        for key, rec in sorted(learning.items())[:20]:
-            t.add_row(key, str(rec.get("model")), f"{rec.get('score', 0):.2f}",
-                      str(rec.get("executions", "")))
+    console.print(
+        f"[bold]ymera-groq[/bold] · {where} · {snap.get('mode', '')} · "
+        f"namespace {snap.get('namespace', 'default')}"
+    )
+    received = perf.get("rate_limited_received", 0)
+    ok = perf.get("success_rate", 1.0)
+    summary = Table.grid(padding=(0, 2))
+    for _ in range(3):
+        summary.add_column()
+    summary.add_row(
+        f"keys [bold]{keys['healthy']}/{keys['total']}[/bold] healthy",
+        f"requests [bold]{perf['requests_today']}[/bold]",
+        "success " + _ratio_cell(ok, ok < 0.9),
+    )
+    summary.add_row(
+        f"latency avg [bold]{perf['avg_latency_ms']:.0f}[/bold] ms",
+        f"p95 [bold]{perf['p95_latency_ms']:.0f}[/bold] ms",
+        "cache hits " + _ratio_cell((cache.get("total") or {}).get("hit_rate", 0.0), False),
+    )
+    summary.add_row(
+        f"Groq calls [bold]{perf.get('upstream_calls', 0)}[/bold]",
+        "429s received " + (f"[bold red]{received}[/]" if received else "[green]0[/]"),
+        f"waited for quota {perf.get('rate_limited_avoided', 0)}",
+    )
+    console.print(summary)
+
+    if keys["keys"]:
+        t = _table("keys (busiest model per limit)")
+        t.add_column("label", overflow="fold")
+        t.add_column("org", overflow="fold")
+        t.add_column("health")
+        for kind in _KINDS:
+            t.add_column(kind.upper(), justify="right")
+        t.add_column("calls", justify="right")
+        by_key = perf.get("by_key") or {}
+        for k in keys["keys"]:
+            u = k.get("usage") or {}
+            t.add_row(
+                escape(k["label"]),
+                escape(str(k.get("org", ""))),
+                _health(str(k.get("health", ""))),
+                *(_fraction_cell(u.get(kind), thresholds) for kind in _KINDS),
+                str(by_key.get(k["label"], 0)),
+            )
+        console.print()
         console.print(t)
-    for alert in snap.get("alerts", []):
-        style = _LEVEL_STYLE.get(alert.get("level", ""), "")
-        console.print(f"[{style}]{alert.get('level', '').upper()}[/] {alert.get('message', '')}")
+
+    models = {
+        name: m
+        for name, m in (snap.get("models") or {}).items()
+        if m.get("requests")
+        or any((m.get(kind) or {}).get("used") for kind in _KINDS)
+        or m.get("served")
+    }
+    if models:
+        t = _table("models (used/limit over all organisations)")
+        t.add_column("model", overflow="fold", min_width=_name_width(models))
+        t.add_column("req", justify="right")
+        for kind in _KINDS:
+            t.add_column(kind.upper(), justify="right", no_wrap=True)
+        t.add_column("Groq left", justify="right", no_wrap=True)
+        for name, m in sorted(models.items()):
+            t.add_row(
+                escape(short_model(name)),
+                human(m.get("requests", 0)),
+                *(_used_cell(m.get(kind), thresholds) for kind in _KINDS),
+                _remaining_cell(m.get("remaining_reported")),
+            )
+        console.print()
+        console.print(t)
+        if any(m.get("remaining_reported") for m in models.values()):
+            console.print("[dim]Groq left: requests/day · tokens/minute, as Groq last said[/dim]")
+
+    if cache:
+        t = _table("cache")
+        for col in ("tier", "hits", "misses", "hit rate", "size", "lookup ms"):
+            t.add_column(col, justify="left" if col == "tier" else "right")
+        for tier in ("l1", "l2", "l3"):
+            c = cache.get(tier)
+            if isinstance(c, Mapping) and c.get("enabled", True):
+                t.add_row(
+                    tier,
+                    human(c.get("hits", 0)),
+                    human(c.get("misses", 0)),
+                    f"{c.get('hit_rate', 0.0):.0%}",
+                    human(c.get("size")) if c.get("size") is not None else "–",
+                    f"{c.get('mean_lookup_ms', 0.0):.2f}",
+                )
+        tot = cache.get("total") or {}
+        t.add_row(
+            "[bold]total[/bold]",
+            human(tot.get("hits", 0)),
+            human(tot.get("misses", 0)),
+            f"{tot.get('hit_rate', 0.0):.0%}",
+            human(tot.get("size")) if tot.get("size") is not None else "",
+            "",
+        )
+        console.print()
+        console.print(t)
+
+    learning = snap.get("learning") or {}
+    if learning:
+        t = _table("learning: best model per agent and task")
+        t.add_column("agent:task", overflow="fold", ratio=2)
+        t.add_column("model", overflow="fold", ratio=1)
+        t.add_column("score", justify="right")
+        t.add_column("runs", justify="right")
+        for key, rec in sorted(learning.items())[:20]:
+            t.add_row(
+                escape(key),
+                escape(short_model(str(rec.get("model")))),
+                f"{rec.get('score', 0):.2f}",
+                str(rec.get("executions", "")),
+            )
+        if len(learning) > 20:
+            t.caption = f"… and {len(learning) - 20} more (ymera-groq learning show)"
+        console.print()
+        console.print(t)
+
+    alerts = snap.get("alerts") or []
+    if alerts:
+        console.print("[bold]alerts[/bold]")
+    for alert in alerts:
+        level = str(alert.get("level", ""))
+        style = _LEVEL_STYLE.get(level, "")
+        message = escape(str(alert.get("message", "")))
+        console.print(f"  [{style}]{level.upper():<9}[/] {message}")
+    for problem in snap.get("problems") or []:
+        console.print(f"[red]! {escape(str(problem))}[/red]")
 
 
-def _used(v: Any) -> str:
-    if not isinstance(v, dict):
+def _ratio_cell(value: float, bad: bool) -> str:
+    return f"[bold {'red' if bad else 'green'}]{value:.1%}[/]" if bad else f"[bold]{value:.1%}[/]"
+
+
+def _fraction_cell(v: Any, thresholds: Sequence[float]) -> str:
+    if not isinstance(v, Mapping):
         return "–"
-    limit = v.get("limit")
-    used = v.get("used", 0)
-    if not limit:
-        return f"{used:,.0f}"
-    return f"{used:,.0f}/{limit:,} ({used / limit:.0%})"
+    frac = float(v.get("max_fraction") or 0.0)
+    return _styled(f"{human(v.get('used', 0))} {frac:.0%}", frac, thresholds)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    engine = _engine()
+    from .config import YmeraSettings
+
+    settings = YmeraSettings()
+    engine = _engine(settings)
+    fleet = False if args.process else None
+    if args.prometheus:
+        from .metrics import metrics_text
+
+        sys.stdout.write(metrics_text(engine, fleet=fleet))
+        return 0
     con = _console()
     while True:
-        snap = engine.snapshot()
+        snap = _snapshot(engine, fleet)
         if args.json:
-            _print_json(snap)
+            sys.stdout.write(json.dumps(snap, sort_keys=True, default=str) + "\n")
+            if not args.watch:
+                return 0
         else:
             if args.watch:
                 con.clear()
             render_snapshot(snap, con)
+            if snap.get("mode") == "embedded" and not args.watch:
+                con.print(
+                    "[dim]embedded mode: this process only; set YMERA_REDIS_URL to see a "
+                    "fleet[/dim]"
+                )
         if not args.watch:
             return 0
+        sys.stdout.flush()
         time.sleep(args.watch)
+
+
+def _snapshot(engine: Engine, fleet: bool | None) -> dict[str, Any]:
+    from .monitor import build_snapshot
+
+    return engine.portal.run(build_snapshot(engine, fleet=fleet))
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import metrics_text, serve_metrics
+
+    engine = _engine()
+    fleet = False if args.process else None
+    if args.serve is None:
+        sys.stdout.write(metrics_text(engine, fleet=fleet))
+        return 0
+    server = serve_metrics(engine, args.serve, addr=args.addr, fleet=fleet)
+    _console().print(f"serving {server.url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.close()
 
 
 # -- learning ----------------------------------------------------------------------------
@@ -231,42 +522,67 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_learning(args: argparse.Namespace) -> int:
     from .config import YmeraSettings
+    from .errors import InvalidRequestError
     from .learning import Learner
 
-    async def run() -> int:
+    data: Any = None
+    if args.action == "import":
+        if not args.file:
+            raise InvalidRequestError("learning import needs a file (or - for stdin)")
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"{args.file} is not JSON: {exc}") from None
+
+    async def run() -> Any:
         learner = Learner.from_settings(YmeraSettings())
         try:
             await learner.refresh()
             if args.action == "export":
-                data = await learner.export_training_data()
-                text = json.dumps(data, indent=2, sort_keys=True)
-                if args.file and args.file != "-":
-                    Path(args.file).write_text(text + "\n", encoding="utf-8")
-                else:
-                    sys.stdout.write(text + "\n")
-            elif args.action == "import":
-                if not args.file:
-                    raise SystemExit("learning import needs a file")
-                raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
-                n = await learner.import_training_data(json.loads(raw))
-                _console().print(f"imported {n} executions")
-            else:
-                top = learner.top_recommendations()
-                if args.json:
-                    _print_json(top)
-                else:
-                    table = Table(title="best model per agent and task")
-                    for col in ("agent:task", "model", "score", "executions"):
-                        table.add_column(col)
-                    for key, rec in sorted(top.items()):
-                        table.add_row(key, str(rec.get("model")), f"{rec.get('score', 0):.2f}",
-                                      str(rec.get("executions", "")))
-                    _console().print(table)
-            return 0
+                return await learner.export_training_data()
+            if args.action == "import":
+                return await learner.import_training_data(data)
+            return learner.top_recommendations()
         finally:
             await learner.aclose()
 
-    return asyncio.run(run())
+    result = asyncio.run(run())
+    if args.action == "export":
+        text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+        if args.file and args.file != "-":
+            Path(args.file).write_text(text, encoding="utf-8")
+            _console().print(f"exported {len(result)} agent:task entries to {args.file}")
+        else:
+            sys.stdout.write(text)
+    elif args.action == "import":
+        _console().print(f"imported {result} executions")
+    else:
+        _show_learning(result, args.json)
+    return 0
+
+
+def _show_learning(top: Mapping[str, Mapping[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _print_json(top)
+        return
+    con = _console()
+    if not top:
+        con.print("Nothing learned yet (each agent and task needs about ten runs).")
+        return
+    table = _table("best model per agent and task")
+    table.add_column("agent:task", overflow="fold", ratio=2)
+    table.add_column("model", overflow="fold", ratio=1)
+    table.add_column("score", justify="right")
+    table.add_column("runs", justify="right")
+    for key, rec in sorted(top.items()):
+        table.add_row(
+            escape(key),
+            escape(short_model(str(rec.get("model")))),
+            f"{rec.get('score', 0):.2f}",
+            str(rec.get("executions", "")),
+        )
+    con.print(table)
 
 
 # -- demo --------------------------------------------------------------------------------
@@ -296,16 +612,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a multi-agent workload offline against a local server")
     p.add_argument("--live", action="store_true", help="use the real Groq API (GROQ_API_KEY)")
-    p.add_argument("--requests", type=int, default=None, help="number of requests")
-    p.add_argument("--agents", type=int, default=None, help="number of agents")
+    p.add_argument("--requests", type=_positive_int, default=None, help="number of requests")
+    p.add_argument("--agents", type=_positive_int, default=None, help="number of agents")
     p.add_argument("--seconds", type=float, default=None, help="target duration")
     p.add_argument("--json", action="store_true", help="print the final snapshot as JSON")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("status", help="the monitoring snapshot")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--watch", type=float, default=0.0, metavar="SECONDS")
+    p = sub.add_parser("status", help="the monitoring snapshot (the fleet's, with Redis)")
+    p.add_argument("--json", action="store_true", help="one JSON object (per refresh)")
+    p.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="refresh")
+    p.add_argument("--process", action="store_true", help="this process's counters only")
+    p.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("metrics", help="Prometheus metrics (print, or serve over HTTP)")
+    p.add_argument("--serve", type=int, metavar="PORT", help="serve /metrics on this port")
+    p.add_argument("--addr", default="127.0.0.1", help="address to bind with --serve")
+    p.add_argument("--process", action="store_true", help="this process's counters only")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("models", help="the model catalog with limits")
     p.add_argument("--json", action="store_true")
@@ -319,28 +643,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_route)
 
-    p = sub.add_parser("keys", help="masked keys and their health")
+    p = sub.add_parser("keys", help="masked keys, their health and use")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("learning", help="show, export or import what the learner knows")
     p.add_argument("action", choices=["show", "export", "import"])
-    p.add_argument("file", nargs="?")
+    p.add_argument("file", nargs="?", help="a JSON file, or - for stdin/stdout")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_learning)
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    Engines the command opens are closed at the end when it runs as the program
+    (`argv is None`); called in-process with `argv`, the process's shared engines stay open
+    for the caller.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except YmeraError as exc:
-        _console().print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        # Messages hold brackets (`ymera-groq-plugin[redis]`) that are not markup.
+        _console().print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if argv is None:
+            _close_engines()
 
 
 if __name__ == "__main__":
