@@ -7,6 +7,7 @@ machinery, no LiteLLM) until a name is used.
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
         UpstreamTimeoutError,
         YmeraError,
     )
+
+# A library logs; the application decides where logs go (no "last resort" stderr output).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 try:
     __version__ = metadata.version("ymera-groq-plugin")
