@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LangSmithParams
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
 from langchain_groq import ChatGroq
 from langchain_groq.chat_models import (
     _convert_chunk_to_message_chunk,
@@ -35,6 +36,7 @@ __all__ = ["ChatYmeraGroq"]
 
 # Keyword arguments that are hints for the engine, never Groq parameters.
 _HINT_KWARGS = ("agent_name", "task_type", "ymera_cache", "namespace")
+_STREAM_METADATA = "_ymera_metadata"
 _METADATA_HINTS = {
     "agent_name": ("agent_name", "ymera_agent", "agent"),
     "task_type": ("task_type", "ymera_task_type"),
@@ -221,6 +223,32 @@ class ChatYmeraGroq(ChatGroq):
         request = self._request(messages, stop, run_manager, kwargs, stream=False)
         return self._chat_result(await self.engine.ainvoke(request))
 
+    # langchain-core's stream()/astream() call _stream without the run manager, so the
+    # config's metadata (agent and task hints) would not reach the engine; carry it along.
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        if config and config.get("metadata"):
+            kwargs.setdefault(_STREAM_METADATA, dict(config["metadata"]))
+        return super().stream(input, config, stop=stop, **kwargs)
+
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        if config and config.get("metadata"):
+            kwargs.setdefault(_STREAM_METADATA, dict(config["metadata"]))
+        return super().astream(input, config, stop=stop, **kwargs)
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -283,6 +311,7 @@ class ChatYmeraGroq(ChatGroq):
         stream: bool,
     ) -> ChatRequest:
         kwargs = dict(kwargs)
+        passed_metadata = kwargs.pop(_STREAM_METADATA, None)
         hints = {k: kwargs.pop(k) for k in _HINT_KWARGS if k in kwargs}
         model = kwargs.pop("model", None) or self.model_name
         kwargs.pop("stream", None)
@@ -299,6 +328,8 @@ class ChatYmeraGroq(ChatGroq):
             params["stop"] = [params["stop"]]
         params = {k: v for k, v in params.items() if v is not None}
         metadata: dict[str, Any] = dict(getattr(run_manager, "metadata", None) or {})
+        if isinstance(passed_metadata, Mapping):
+            metadata.update(passed_metadata)
         agent = hints.get("agent_name") or _first(metadata, _METADATA_HINTS["agent_name"])
         task = hints.get("task_type") or _first(metadata, _METADATA_HINTS["task_type"])
         return ChatRequest(

@@ -289,8 +289,20 @@ class Engine:
                 started.exception()  # mark retrieved; the next call retries
                 raise
             self._started.set_result(None)
+            await self._attach_monitor()
         elif not self._started.done():
             await asyncio.shield(self._started)
+
+    async def _attach_monitor(self) -> None:
+        # After start-up (the monitor starts the engine itself): alert events, the latency
+        # histogram and, with Redis, this worker's share of the fleet's counters, so every
+        # engine reports without code in the worker.
+        from .monitor import aattach
+
+        try:
+            await aattach(self)
+        except Exception as exc:
+            logger.warning("monitoring not started: %s: %s", type(exc).__name__, exc)
 
     async def _build(self) -> None:
         s = self.settings
@@ -319,6 +331,12 @@ class Engine:
                 api_keys=self._fallback_api_keys,
                 api_bases=self._fallback_api_bases,
             )
+        if self._learner is not None:
+            # Evidence recorded by earlier runs and other workers counts from the first plan.
+            try:
+                await self._learner.refresh()
+            except Exception as exc:
+                logger.warning("learning history not loaded: %s: %s", type(exc).__name__, exc)
 
     async def astart(self) -> Engine:
         """Build the loop-bound parts (quota, learner, transport) on the portal; idempotent."""
@@ -378,6 +396,10 @@ class Engine:
             await self._portal.arun(self.aclose())
             return
         self._closed = True
+        from .monitor import monitor_for
+
+        with contextlib.suppress(Exception):
+            await monitor_for(self).aclose()
         await self.aflush()
         for part in (self._transport, self._fallback, self._cache, self._learner, self._quota):
             closer = getattr(part, "aclose", None)
