@@ -110,3 +110,17 @@ def test_langgraph_agent_calls_its_tool_either_way(flavour: str, tmp_path: Path)
     final = messages[-1]
     assert isinstance(final, AIMessage) and final.content and not final.tool_calls
     assert server.stats().by_status.get(429, 0) == 0
+
+
+def test_litellm_router_example_sends_no_429() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "YMERA_"))}
+    env["EXAMPLE_BURST"] = "45"  # more than one organisation's 30 requests a minute
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "litellm_router.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "45 answers; the server answered {'200': 45}" in proc.stdout
