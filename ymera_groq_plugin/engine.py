@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import SecretStr
@@ -238,6 +238,7 @@ class Engine:
         self._started: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self._orgs = max(1, len({k.organisation for k in s.api_keys}))
         if self._cache is None and s.cache_enabled:
             from .cache import TieredCache
@@ -395,6 +396,13 @@ class Engine:
         if not self._portal.in_portal():
             await self._portal.arun(self.aclose())
             return
+        # Integrations (the LiteLLM callback) stop feeding work in and give their
+        # reservations back while the parts they need are still open.
+        for hook in self._close_hooks:
+            try:
+                await hook()
+            except Exception as exc:
+                logger.warning("close hook failed: %s: %s", type(exc).__name__, exc)
         self._closed = True
         from .monitor import monitor_for
 
@@ -752,7 +760,16 @@ class Engine:
         # Off the request's path: learning is evidence, not part of the answer.
         self._spawn(learner.record(execution))
 
+    def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` on the portal at the start of `aclose`, before any part closes."""
+        self._close_hooks.append(hook)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._closed:
+            # Nothing may write to stores that are closing (or files being deleted).
+            coro.close()
+            logger.debug("engine closed; background work dropped")
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background_done)

@@ -356,6 +356,8 @@ class YmeraLiteLLM(CustomLogger):
         )
         # The secrets stay in memory, only to recognise our deployments.
         self._keys = {k.secret.get_secret_value(): k for k in s.api_keys}
+        self._closed = False
+        engine.add_close_hook(self._on_engine_close)
         self._managed: dict[tuple[str, str], _Managed | None] = {}
         self._lock = threading.Lock()
         self._holds: dict[int, _Hold] = {}
@@ -820,6 +822,10 @@ class YmeraLiteLLM(CustomLogger):
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run accounting on the portal without making the caller wait for it."""
+        if self._closed:
+            # LiteLLM may call back after the engine closed (its logging runs as tasks).
+            coro.close()
+            return
         portal = self.engine.portal
         # On the portal already (settling spawns learning): no thread hop needed.
         fut: Any = portal.loop.create_task(coro) if portal.in_portal() else portal.submit(coro)
@@ -954,6 +960,13 @@ class YmeraLiteLLM(CustomLogger):
                 f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f) for f in pending
             ]
             await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _on_engine_close(self) -> None:
+        # Runs on the portal before the engine's parts close: stop taking callbacks, give
+        # back what picks still hold, and let the accounting already started finish.
+        self.detach()
+        await self._drain()
+        self._closed = True
 
     def detach(self) -> None:
         """Take the callback out of `litellm.callbacks` and give back every live reservation.

@@ -22,6 +22,7 @@ import pytest
 from ymera_groq_plugin.catalog import load_catalog
 from ymera_groq_plugin.config import YmeraSettings
 from ymera_groq_plugin.engine import Engine
+from ymera_groq_plugin.errors import StorageError
 from ymera_groq_plugin.testing.server import GroqTestServer
 from ymera_groq_plugin.types import ChatRequest
 
@@ -417,6 +418,37 @@ async def test_a_cancelled_request_gives_its_reservation_back(setup: Any) -> Non
     assert ymera.live_reservations == 0
     assert engine.quota.outstanding == 0
     server.configure_faults(latency=0.0)
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*"))
+
+
+async def test_closing_the_engine_stops_the_callback_and_touches_no_file_after(
+    setup: Any, tmp_path: Path
+) -> None:
+    # LiteLLM runs its success events as tasks of their own: one may arrive after the
+    # engine closed, while its owner deletes the data directory (the example's pattern).
+    server, settings, engine = await setup()
+    server.configure_faults(latency=0.5)
+    router = Router(model_list=model_list_from_settings(settings, models=[M]), num_retries=0)
+    ymera = hook(setup, router, engine, strategy=True)
+    task = asyncio.create_task(router.acompletion(model=M, messages=ask(1), max_tokens=16))
+    await until(lambda: ymera.live_reservations == 1)
+    await engine.aclose()
+    assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
+    assert ymera not in litellm.callbacks
+    server.configure_faults(latency=0.0)
+    await task  # the answer still arrives; its accounting has nowhere to go
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    data_dir = Path(settings.data_dir)
+    before = _listing(data_dir)
+    ymera.log_success_event({"litellm_call_id": "late"}, None, 0.0, 0.0)
+    await ymera.aflush()
+    assert _listing(data_dir) == before
+    with pytest.raises(StorageError, match="closed"):
+        await engine.learner.store.events(0)
 
 
 # -- routing, streams, sync -----------------------------------------------------------------
