@@ -77,7 +77,7 @@ class KeyPool:
         degrade_after: int = 3,
         failure_window: float = 60.0,
         degrade_for: float = 30.0,
-        merge_evidence: int = 3,
+        merge_evidence: int = 6,
     ) -> None:
         labels = [k.label for k in keys]
         if len(set(labels)) != len(labels):
@@ -105,6 +105,7 @@ class KeyPool:
         self._groups_until = math.inf
         self._reports: dict[str, dict[str, tuple[float, int, int]]] = {}
         self._evidence: dict[tuple[str, str, str], int] = {}
+        self._distinct: dict[tuple[str, str, str], float] = {}
         self._warned: set[frozenset[str]] = set()
 
     # -- reading ----------------------------------------------------------------------------
@@ -314,7 +315,11 @@ class KeyPool:
         One budget shows as one count: a response on one organisation reporting exactly one
         request fewer remaining than another organisation's latest report, where its own
         previous report does not explain the number. After `merge_evidence` such reports in a
-        row (and none against), the two organisations are merged.
+        row (and none against), the two organisations are merged. A report at or behind the
+        other organisation's latest count proves two budgets and keeps the pair apart for a
+        minute: separate budgets used alike by concurrent requests (whose answers arrive out
+        of order, some of them in other processes) otherwise look like one now and then. A
+        429 text naming the organisation remains the sure way (`observe_organization`).
 
         Returns:
             The organisation merged into, if a merge happened.
@@ -332,6 +337,16 @@ class KeyPool:
                 continue
             low, high = sorted((org, other))
             ev_key = (model, low, high)
+            if other_limit == limit and remaining >= other_remaining:
+                # A count at or behind another's latest: two budgets (one budget's count only
+                # moves on). Under concurrency, and with several processes each seeing part of
+                # the answers, two separate counts also "continue" each other now and then, so
+                # this pair proves nothing for a while.
+                self._evidence.pop(ev_key, None)
+                self._distinct[ev_key] = now + _CHAIN_WINDOW
+                continue
+            if self._distinct.get(ev_key, -math.inf) > now:
+                continue
             continues_other = other_limit == limit and remaining == other_remaining - 1
             continues_own = own is not None and remaining == own[2] - 1
             if continues_other and not continues_own and remaining < limit - 1:

@@ -278,16 +278,22 @@ class Learner:
 
     @classmethod
     def from_settings(cls, settings: YmeraSettings, *, clock: Clock = time.time) -> Learner:
-        """The learner for a configuration: Redis when `redis_url` is set, else SQLite at
+        """The learner for a configuration: Redis when `redis_url` is set (buffered locally
+        while Redis is unreachable, see `storage.resilient`), else SQLite at
         `data_dir/learning.db`; the settings' namespace and exploration rate."""
         from .storage import store_from_url
 
+        store: LearningStore
         if settings.redis_url:
-            url = settings.redis_url
+            from .storage.resilient import ResilientLearningStore
+
+            store = ResilientLearningStore(
+                store_from_url("learning", settings.redis_url, namespace=settings.namespace),
+                clock=clock,
+            )
         else:
             path = Path(settings.data_dir).expanduser().resolve() / "learning.db"
-            url = f"sqlite:///{path}"
-        store = store_from_url("learning", url, namespace=settings.namespace)
+            store = store_from_url("learning", f"sqlite:///{path}", namespace=settings.namespace)
         return cls(store, exploration_rate=settings.exploration_rate, clock=clock)
 
     def __repr__(self) -> str:
@@ -347,6 +353,9 @@ class Learner:
         async with self._refreshing:
             while True:
                 events = await self.store.events(self._cursor, limit=_EVENT_PAGE)
+                if events and events[0].seq <= self._cursor:
+                    # The log started over (its store lost its data): so do positions in it.
+                    self._cursor = 0
                 for ev in events:
                     if ev.origin != self.origin:
                         self._apply_event(ev)

@@ -294,7 +294,8 @@ def apply_observation(
     """Fold what Groq reported into a bucket that is already drained to `now`.
 
     Learned limits change first (they set the limit the floors are measured against); then each
-    floor raises the level where Groq counts more than consumed plus reserved.
+    floor raises the level where Groq counts more than consumed plus reserved; then the
+    observation's `charges` are added (consumption reconciled after an outage of the store).
     """
     for i, lim in enumerate(observation.limits):
         if lim is not None and lim > 0:
@@ -308,6 +309,9 @@ def apply_observation(
         gap = floor - (levels[i] + pending)
         if gap > 0:
             levels[i] += gap
+    for i, charge in enumerate(observation.charges):
+        if charge > 0 and limits[i]:
+            levels[i] += charge
     if observation.remaining_requests is not None or observation.remaining_tokens is not None:
         bucket.remaining_requests = observation.remaining_requests
         bucket.remaining_tokens = observation.remaining_tokens
@@ -855,15 +859,21 @@ class QuotaManager:
         cls, settings: YmeraSettings, catalog: Catalog, *, clock: Clock = time.time
     ) -> QuotaManager:
         """Build from settings: in-memory stores without `redis_url`, else Redis ones under
-        `settings.namespace`."""
+        `settings.namespace`, each wrapped so that an outage of Redis falls back to a
+        conservative local share of every budget (`storage.resilient`)."""
         from .storage import store_from_url
+        from .storage.resilient import ResilientKeyStateStore, ResilientQuotaStore
 
         url = settings.redis_url or "memory://"
         return cls(
             settings.api_keys,
             catalog,
-            quota_store=store_from_url("quota", url, namespace=settings.namespace),
-            key_store=store_from_url("keys", url, namespace=settings.namespace),
+            quota_store=ResilientQuotaStore.wrap(
+                store_from_url("quota", url, namespace=settings.namespace), clock=clock
+            ),
+            key_store=ResilientKeyStateStore.wrap(
+                store_from_url("keys", url, namespace=settings.namespace), clock=clock
+            ),
             clock=clock,
             alert_thresholds=settings.alert_thresholds,
         )

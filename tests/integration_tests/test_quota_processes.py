@@ -27,6 +27,7 @@ from ymera_groq_plugin.errors import NoUsableKeyError, QuotaExhaustedError, Requ
 from ymera_groq_plugin.quota import QuotaManager
 from ymera_groq_plugin.storage.memory import MemoryKeyStateStore
 from ymera_groq_plugin.storage.redis_quota import RedisKeyStateStore, RedisQuotaStore
+from ymera_groq_plugin.storage.resilient import ResilientKeyStateStore, ResilientQuotaStore
 from ymera_groq_plugin.testing import FakeClock
 from ymera_groq_plugin.types import RateLimits, Usage
 
@@ -268,8 +269,11 @@ async def test_from_settings_uses_redis_with_the_namespace(redis_url: str) -> No
         clock=clock,
     )
     try:
-        assert isinstance(m.ledger.store, RedisQuotaStore)
-        assert isinstance(m.pool.store, RedisKeyStateStore)
+        # Redis, behind the wrappers that keep serving while it is unreachable.
+        assert isinstance(m.ledger.store, ResilientQuotaStore)
+        assert isinstance(m.ledger.store.primary, RedisQuotaStore)
+        assert isinstance(m.pool.store, ResilientKeyStateStore)
+        assert isinstance(m.pool.store.primary, RedisKeyStateStore)
         for _ in range(60):
             await m.acquire(MODEL, 1)
         with pytest.raises(QuotaExhaustedError):

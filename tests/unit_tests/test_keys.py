@@ -154,13 +154,39 @@ async def test_request_counts_that_continue_each_other_merge_organisations() -> 
     k1, k2 = key(1), key(2)
     pool = KeyPool([k1, k2], clock=clock)
     o1, o2 = pool.organisation(k1), pool.organisation(k2)
-    # One budget seen through two keys: 990, 989, 988, 987 alternating between them.
+    # One budget seen through two keys: 990, 989, 988, … alternating between them; six
+    # reports continuing the other key's count merge them.
     results = []
-    for n, org in enumerate([o1, o2, o1, o2]):
+    for n, org in enumerate([o1, o2] * 4):
         clock.advance(1)
         results.append(await pool.observe_headers(org, MODEL, rl(990 - n)))
-    assert results[:3] == [None, None, None] and results[3] == o1
+    assert results[:6] == [None] * 6 and results[6] == o1
     assert pool.organisation(k2) == o1
+
+
+async def test_concurrent_traffic_on_separate_budgets_does_not_merge() -> None:
+    """Two organisations used alike by concurrent requests: each admits a few requests at a
+    time and their answers arrive out of order, interleaved with the other's. Their counts
+    "continue" each other now and then; their equal counts prove two budgets."""
+    import random
+
+    rng = random.Random(7)
+    clock = FakeClock(T0)
+    k1, k2 = key(1), key(2)
+    pool = KeyPool([k1, k2], clock=clock)
+    orgs = [pool.organisation(k1), pool.organisation(k2)]
+    remaining = [1000, 1000]
+    for _ in range(200):
+        reports = []
+        for i in (0, 1):
+            batch = rng.randint(1, 5)
+            reports += [(i, remaining[i] - j - 1) for j in range(batch)]
+            remaining[i] -= batch
+        rng.shuffle(reports)
+        for i, value in reports:
+            clock.advance(0.01)
+            assert await pool.observe_headers(orgs[i], MODEL, rl(value)) is None
+    assert pool.organisation(k1) != pool.organisation(k2)
 
 
 async def test_independent_request_counts_do_not_merge() -> None:

@@ -13,6 +13,7 @@ from ymera_groq_plugin.config import YmeraSettings
 from ymera_groq_plugin.errors import ConfigurationError, InvalidRequestError
 from ymera_groq_plugin.learning import W_QUALITY, W_SPEED, W_SUCCESS, Learner
 from ymera_groq_plugin.storage.redis_learning import RedisLearningStore
+from ymera_groq_plugin.storage.resilient import ResilientLearningStore
 from ymera_groq_plugin.storage.sqlite_learning import SqliteLearningStore
 from ymera_groq_plugin.testing import FakeClock
 from ymera_groq_plugin.types import Execution
@@ -249,7 +250,10 @@ def test_from_settings_picks_the_store(tmp_path: Path) -> None:
     assert sqlite.exploration_rate == 0.25
     redis = Learner.from_settings(YmeraSettings(redis_url="redis://localhost:1/0",
                                                 namespace="t1"))
-    assert isinstance(redis.store, RedisLearningStore) and redis.store.namespace == "t1"
+    # Redis, behind the buffer that keeps records while it is unreachable.
+    assert isinstance(redis.store, ResilientLearningStore)
+    assert isinstance(redis.store.primary, RedisLearningStore)
+    assert redis.store.primary.namespace == "t1"
     assert "exploration 10%" in repr(redis)
 
 

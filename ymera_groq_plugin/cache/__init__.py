@@ -327,7 +327,10 @@ class TieredCache(BaseCache):
         await self._arun(write)
 
     async def aflush(self) -> None:
-        """Wait for write-behind stores to finish."""
+        """Wait for write-behind stores to finish (from any event loop)."""
+        if not get_portal().in_portal():
+            await self._arun(self.aflush())
+            return
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 

@@ -67,14 +67,35 @@ class MemoryQuotaStore:
                 nxt = r.expires
         self._next_expiry = nxt
 
+    def seed(
+        self,
+        org: str,
+        model: str,
+        *,
+        levels: tuple[float, float, float, float],
+        learned: Sequence[float | None],
+        cool_until: float,
+        now: float,
+    ) -> None:
+        """Start (org, model) over from known levels and learned limits, dropping its
+        reservations (the resilient store's stand-in starts each outage from the shared state)."""
+        b = Bucket(now)
+        b.levels = [max(0.0, float(x)) for x in levels]
+        b.learned = list(learned)  # type: ignore[arg-type]  # a share of a limit is a float
+        b.cool_until = cool_until
+        self._buckets[(org, model)] = b
+        for rid, r in list(self._reservations.items()):
+            if r.org == org and r.model == model:
+                del self._reservations[rid]
+
     def reserve_now(
         self,
         org: str,
         model: str,
         *,
         reservation_id: str,
-        requests: int,
-        tokens: int,
+        requests: float,
+        tokens: float,
         defaults: Limits,
         now: float,
         ttl: float,
@@ -224,6 +245,17 @@ class MemoryKeyStateStore:
     def from_url(cls, url: str = "memory://", **kwargs: Any) -> MemoryKeyStateStore:
         """Build from `memory://` (keyword arguments are ignored)."""
         return cls()
+
+    def mirror(self, labels: Sequence[str], states: KeyStates) -> None:
+        """Take these keys' records and every alias from another store's `load` (the resilient
+        store keeps the last state Redis reported this way)."""
+        for label in labels:
+            rec = states.records.get(label)
+            if rec is None:
+                self._records.pop(label, None)
+            else:
+                self._records[label] = rec
+        self._aliases = dict(states.aliases)
 
     async def load(self, labels: Sequence[str]) -> KeyStates:
         return KeyStates(

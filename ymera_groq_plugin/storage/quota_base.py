@@ -92,6 +92,9 @@ class Observation:
         remaining_requests: `x-ratelimit-remaining-requests`, kept for display.
         remaining_tokens: `x-ratelimit-remaining-tokens`, kept for display.
         cool_until: No reservation before this time.
+        charges: Amounts to add to each bucket after the floors (consumption the store did
+            not see as it happened: what one process used while the store was unreachable).
+            Unlike the usage a settle charges, they go to one kind each.
     """
 
     limits: Limits = NO_LIMITS
@@ -104,6 +107,7 @@ class Observation:
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
     cool_until: float | None = None
+    charges: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     @property
     def empty(self) -> bool:
@@ -113,6 +117,7 @@ class Observation:
             and self.remaining_requests is None
             and self.remaining_tokens is None
             and self.cool_until is None
+            and not any(self.charges)
         )
 
 

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from ..errors import ConfigurationError
-from .base import KEY_PREFIX, astorage_errors, redis_client
+from .base import KEY_PREFIX, astorage_errors
+from .redis_quota import fast_failing_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -88,7 +89,7 @@ class RedisCacheStore:
         Keyword arguments `max_entries`, `clock` go to the store; the rest to the client.
         """
         store_kwargs = {k: kwargs.pop(k) for k in ("max_entries", "clock") if k in kwargs}
-        return cls(redis_client(url, **kwargs), **store_kwargs)
+        return cls(fast_failing_client(url, **kwargs), **store_kwargs)
 
     def __repr__(self) -> str:
         return f"<RedisCacheStore max_entries={self.max_entries}>"

@@ -18,12 +18,13 @@ loop (the engine's portal does).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 from ..types import Execution
-from .base import KEY_PREFIX, astorage_errors, dumps, loads, redis_client
+from .base import KEY_PREFIX, astorage_errors, dumps, loads
 from .learning_base import (
     EventKind,
     LearningEvent,
@@ -31,12 +32,17 @@ from .learning_base import (
     execution_from_dict,
     execution_to_dict,
 )
+from .redis_quota import fast_failing_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
 __all__ = ["RedisLearningStore"]
+
+logger = logging.getLogger(__name__)
+
+_KINDS = frozenset({"execution", "feedback", "summary"})
 
 _PRUNE_BATCH = 500
 
@@ -83,7 +89,7 @@ class RedisLearningStore:
         A `clock` keyword is accepted and ignored (the learner passes times in explicitly).
         """
         kwargs.pop("clock", None)
-        return cls(redis_client(url, **kwargs), namespace=namespace)
+        return cls(fast_failing_client(url, **kwargs), namespace=namespace)
 
     def __repr__(self) -> str:
         return f"<RedisLearningStore namespace={self.namespace!r}>"
@@ -124,9 +130,13 @@ class RedisLearningStore:
         if not reply:
             return None
         raw, prev = reply[0], reply[1]
-        before = dict(loads(raw))
-        before["quality"] = None if prev is None else float(prev)
-        return execution_from_dict(before)
+        try:
+            before = dict(loads(raw))
+            before["quality"] = None if prev is None else float(prev)
+            return execution_from_dict(before)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("Feedback went to a malformed kept execution in Redis: %s", exc)
+            return None
 
     async def get(self, execution_id: str) -> Execution | None:
         async with astorage_errors("redis", "learning get"):
@@ -134,28 +144,65 @@ class RedisLearningStore:
             q = await self._client.hget(self._keys[3], execution_id)
         if raw is None:
             return None
-        d = dict(loads(raw))
-        d["quality"] = None if q is None else float(q)
-        return execution_from_dict(d)
+        try:
+            d = dict(loads(raw))
+            d["quality"] = None if q is None else float(q)
+            return execution_from_dict(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("Ignoring a malformed kept execution in Redis: %s", exc)
+            return None
 
     async def events(self, after: int = 0, *, limit: int = 1000) -> list[LearningEvent]:
+        """Events after `after`, in order.
+
+        If the log's counter is below `after`, the log was reset (Redis restarted without its
+        data, or the keys were deleted): the reader's position means nothing any more, so the
+        whole log is returned, instead of nothing until the counter catches up.
+        """
         async with astorage_errors("redis", "learning events"):
-            members = await self._client.zrangebyscore(
-                self._keys[1], f"({int(after)}", "+inf", start=0, num=int(limit)
-            )
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self._keys[0])
+                pipe.zrangebyscore(
+                    self._keys[1], f"({int(after)}", "+inf", start=0, num=int(limit)
+                )
+                counter, members = await pipe.execute(raise_on_error=False)
+            if isinstance(members, Exception):
+                raise members
+            try:
+                last = int(counter) if counter is not None else 0
+            except (TypeError, ValueError):
+                last = after  # not a counter: the record script repairs it on the next write
+            if after > 0 and last < after:
+                logger.warning(
+                    "The learning log restarted below position %d (Redis lost its data?); "
+                    "reading it from the start",
+                    after,
+                )
+                members = await self._client.zrangebyscore(
+                    self._keys[1], "-inf", "+inf", start=0, num=int(limit)
+                )
         out: list[LearningEvent] = []
         for m in members:
-            text = m.decode("utf-8") if isinstance(m, bytes) else str(m)
-            seq, ts, kind, origin, _eid, data = text.split("\t", 5)
-            out.append(
-                LearningEvent(
+            try:
+                text = m.decode("utf-8") if isinstance(m, bytes) else str(m)
+                seq, ts, kind, origin, _eid, data = text.split("\t", 5)
+                if kind not in _KINDS:
+                    raise ValueError(f"unknown event kind {kind!r}")
+                payload = loads(data)
+                if not isinstance(payload, dict):
+                    raise ValueError("the event data is not an object")
+                event = LearningEvent(
                     seq=int(seq),
                     kind=cast(EventKind, kind),
                     timestamp=float(ts),
                     origin=origin,
-                    data=loads(data),
+                    data=payload,
                 )
-            )
+            except ValueError as exc:
+                # Written by something else (or another version): skip it, keep learning.
+                logger.warning("Skipping a malformed learning event in Redis: %s", exc)
+                continue
+            out.append(event)
         return out
 
     async def prune(self, before: float) -> int:

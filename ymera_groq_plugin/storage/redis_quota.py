@@ -9,16 +9,21 @@ and takes all four or nothing. Settling, releasing and folding in Groq's headers
 ymera:<namespace>:quota:{<org>|<model>}:b   hash: levels, pending, cooldown, learned limits
 ymera:<namespace>:quota:{<org>|<model>}:r   hash: reservation id -> "requests tokens"
 ymera:<namespace>:quota:{<org>|<model>}:x   zset: reservation id -> expiry
+ymera:<namespace>:quota:workers             zset: worker id -> last heartbeat (for the
+                                            share each takes while Redis is unreachable)
 ymera:<namespace>:key:<label>               hash: one key's health record (never the secret)
 ymera:<namespace>:orgs                      hash: merged organisation -> organisation
 ```
 
 Bucket state expires two days after its last use (a day window plus margin); reservations expire
-on their own (`ttl`), so a crashed process's reservations come back.
+on their own (`ttl`), so a crashed process's reservations come back. A key of the wrong type
+under the prefix (something else wrote it) is dropped by the script that meets it, and a
+malformed field reads as zero: one foreign entry never fails every call for its pair.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -30,12 +35,31 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisKeyStateStore", "RedisQuotaStore"]
+__all__ = ["RedisKeyStateStore", "RedisQuotaStore", "fast_failing_client"]
+
+logger = logging.getLogger(__name__)
 
 STATE_TTL_MS = 2 * 86400 * 1000
 """Idle bucket state (and learned limits) is kept this long: a day window plus margin."""
 KEY_RECORD_TTL_MS = 7 * 86400 * 1000
 """Key records (disabled, merges) are kept this long after their last change."""
+
+
+def _wrong_type(reply: object) -> bool:
+    """Whether a reply is Redis's WRONGTYPE error (a key something else wrote)."""
+    return isinstance(reply, Exception) and "WRONGTYPE" in str(reply)
+
+
+def fast_failing_client(url: str, **kwargs: Any) -> Redis:
+    """`redis_client`, retrying a failed command once, at once, instead of redis-py's default
+    of ten retries with backoff (seconds of stall per call during an outage). One retry is
+    enough to replace a pooled connection that a Redis restart closed."""
+    if "retry" not in kwargs:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        kwargs["retry"] = Retry(NoBackoff(), 1)
+    return redis_client(url, **kwargs)
 
 
 def _lua(name: str) -> str:
@@ -113,11 +137,23 @@ class RedisQuotaStore:
         self._owns = owns_client
         self._reserve: AsyncScript = client.register_script(_quota_script("quota_reserve.lua"))
         self._settle: AsyncScript = client.register_script(_quota_script("quota_settle.lua"))
+        self._heartbeat: AsyncScript = client.register_script(_lua("quota_heartbeat.lua"))
+        self._workers = f"{self._prefix}workers"
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisQuotaStore:
         """Build from a `redis://`, `rediss://` or `unix://` URL."""
-        return cls(redis_client(url, **kwargs), namespace=namespace)
+        return cls(fast_failing_client(url, **kwargs), namespace=namespace)
+
+    async def heartbeat(self, worker: str, *, now: float, window: float) -> int:
+        """Note that `worker` is alive; return how many workers were seen within `window`
+        seconds (this one included). One round trip."""
+        async with astorage_errors("redis", "quota heartbeat"):
+            n = await self._heartbeat(
+                keys=[self._workers],
+                args=[worker, repr(float(now)), repr(float(window)), STATE_TTL_MS],
+            )
+        return max(1, int(n))
 
     def _keys(self, org: str, model: str) -> list[str]:
         base = f"{self._prefix}{{{_tag(org)}|{_tag(model)}}}:"
@@ -175,6 +211,7 @@ class RedisQuotaStore:
             obs.remaining_tokens,
             1 if report else 0,
             obs.cool_until,
+            *obs.charges,
         )
         async with astorage_errors("redis", "quota settle"):
             reply = await self._settle(
@@ -259,25 +296,40 @@ class RedisKeyStateStore:
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisKeyStateStore:
         """Build from a `redis://`, `rediss://` or `unix://` URL."""
-        return cls(redis_client(url, **kwargs), namespace=namespace)
+        return cls(fast_failing_client(url, **kwargs), namespace=namespace)
 
     def _key(self, label: str) -> str:
         return f"{self._prefix}key:{label}"
 
     async def load(self, labels: Sequence[str]) -> KeyStates:
+        keys = [self._key(label) for label in labels] + [self._aliases]
         async with (
             astorage_errors("redis", "key state load"),
             self._client.pipeline(transaction=False) as pipe,
         ):
-            for label in labels:
-                pipe.hgetall(self._key(label))
-            pipe.hgetall(self._aliases)
-            replies = await pipe.execute()
+            for key in keys:
+                pipe.hgetall(key)
+            replies = await pipe.execute(raise_on_error=False)
+            foreign = [k for k, r in zip(keys, replies, strict=True) if _wrong_type(r)]
+            if foreign:
+                # Not hashes, so not written by this package: dropped, read as "nothing known".
+                logger.warning("Dropping %d foreign key-state entries in Redis", len(foreign))
+                await self._client.delete(*foreign)
+            for r in replies:
+                if isinstance(r, Exception) and not _wrong_type(r):
+                    raise r
         records = {}
         for label, raw in zip(labels, replies[:-1], strict=True):
-            if raw:
-                records[label] = key_record_from({k.decode(): v for k, v in raw.items()})
-        aliases = {k.decode(): v.decode() for k, v in replies[-1].items()}
+            if raw and not isinstance(raw, Exception):
+                records[label] = key_record_from(
+                    {k.decode("utf-8", "replace"): v for k, v in raw.items()}
+                )
+        aliases: dict[str, str] = {}
+        if not isinstance(replies[-1], Exception):
+            aliases = {
+                k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                for k, v in replies[-1].items()
+            }
         return KeyStates(records, aliases)
 
     async def update(self, label: str, changes: Mapping[str, str | int | float | None]) -> None:
@@ -289,16 +341,21 @@ class RedisKeyStateStore:
         }
         dels = [k for k, v in changes.items() if v is None]
         key = self._key(label)
-        async with (
-            astorage_errors("redis", "key state update"),
-            self._client.pipeline(transaction=True) as pipe,
-        ):
-            if sets:
-                pipe.hset(key, mapping=sets)  # type: ignore[arg-type]
-            if dels:
-                pipe.hdel(key, *dels)
-            pipe.pexpire(key, KEY_RECORD_TTL_MS)
-            await pipe.execute()
+        async with astorage_errors("redis", "key state update"):
+            for attempt in (1, 2):
+                try:
+                    async with self._client.pipeline(transaction=True) as pipe:
+                        if sets:
+                            pipe.hset(key, mapping=sets)  # type: ignore[arg-type]
+                        if dels:
+                            pipe.hdel(key, *dels)
+                        pipe.pexpire(key, KEY_RECORD_TTL_MS)
+                        await pipe.execute()
+                    return
+                except Exception as exc:
+                    if attempt == 2 or not _wrong_type(exc):
+                        raise
+                    await self._client.delete(key)
 
     async def record_failure(self, label: str, *, now: float, window: float) -> int:
         async with astorage_errors("redis", "key state failure"):
@@ -312,7 +369,13 @@ class RedisKeyStateStore:
         if org == canonical:
             return
         async with astorage_errors("redis", "key state alias"):
-            await self._client.hset(self._aliases, org, canonical)
+            try:
+                await self._client.hset(self._aliases, org, canonical)
+            except Exception as exc:
+                if not _wrong_type(exc):
+                    raise
+                await self._client.delete(self._aliases)
+                await self._client.hset(self._aliases, org, canonical)
 
     async def clear(self) -> None:
         async with astorage_errors("redis", "key state clear"):

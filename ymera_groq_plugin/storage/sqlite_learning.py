@@ -7,18 +7,26 @@ has seen `seq` N never later finds an event below N.
 
 Calls on a file database run in a worker thread (`asyncio.to_thread`) so a slow disk never
 blocks the event loop; an in-memory database is called inline.
+
+A file that is not a database, or whose pages are corrupt, is renamed to
+`<name>.corrupt-<time>` (never replacing an earlier one: its evidence may still be recovered
+by hand), logged, and a fresh store takes its place, so learning goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StorageError
 from ..types import Execution
 from .base import dumps, loads, storage_errors
 from .learning_base import (
@@ -31,7 +39,12 @@ from .learning_base import (
 
 __all__ = ["SqliteLearningStore"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS learning_events (
@@ -70,6 +83,14 @@ def _path_of(url: str) -> str:
     return str(Path(rest).expanduser())
 
 
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
 class SqliteLearningStore:
     """`LearningStore` on SQLite.
 
@@ -84,6 +105,9 @@ class SqliteLearningStore:
         self._memory = self.path == ":memory:"
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self.recoveries = 0
+        """Times an unreadable file was moved aside (for tests and statistics)."""
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **_: Any) -> SqliteLearningStore:
@@ -109,10 +133,51 @@ class SqliteLearningStore:
             self._conn = conn
         return self._conn
 
+    def _move_aside(self, exc: sqlite3.Error) -> None:
+        """Keep an unreadable file's bytes under a new name and start an empty store."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        self.recoveries += 1
+        if self._memory:
+            logger.error("The in-memory learning store is corrupt (%s); starting over", exc)
+            return
+        base = Path(self.path)
+        n = 0
+        while True:
+            target = base.with_name(f"{base.name}.corrupt-{int(time.time())}{f'-{n}' if n else ''}")
+            if not target.exists():
+                break
+            n += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(base, target)
+        for suffix in ("-wal", "-shm"):
+            side = base.with_name(base.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(side, target.with_name(target.name + suffix))
+        logger.error(
+            "The learning store %s is unreadable (%s); kept it as %s and started an empty one",
+            self.path,
+            exc,
+            target,
+        )
+
     async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             with storage_errors("sqlite", operation), self._lock:
-                return fn(self._connect())
+                # Reopening after close would recreate a file its owner may be deleting.
+                if self._closed:
+                    raise StorageError(f"sqlite {operation} failed: the store is closed")
+                try:
+                    return fn(self._connect())
+                except sqlite3.DatabaseError as exc:
+                    if not _is_corrupt(exc):
+                        raise
+                    # A corrupt file (or something else's) must not stop learning: its bytes
+                    # are kept aside for inspection, and recording starts over.
+                    self._move_aside(exc)
+                    return fn(self._connect())
 
         if self._memory:
             return call()
@@ -143,13 +208,28 @@ class SqliteLearningStore:
         data = execution_to_dict(execution)
         ns = self.namespace
 
+        text = dumps(data)
+
         def op(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                kept = conn.execute(
+                    "SELECT data FROM learning_executions WHERE namespace = ? AND id = ?",
+                    (ns, eid),
+                ).fetchone()
+                if kept is not None and kept[0] == text:
+                    # Exactly this execution again (a retried write): logged once only.
+                    row = conn.execute(
+                        "SELECT MAX(seq) FROM learning_events WHERE namespace = ? AND "
+                        "execution_id = ?",
+                        (ns, eid),
+                    ).fetchone()
+                    conn.execute("COMMIT")
+                    return int(row[0] or 0)
                 conn.execute(
                     "INSERT OR REPLACE INTO learning_executions (namespace, id, ts, data, quality)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (ns, eid, execution.timestamp, dumps(data), execution.quality),
+                    (ns, eid, execution.timestamp, text, execution.quality),
                 )
                 seq = self._append(conn, ns, "execution", execution.timestamp, origin, eid, data)
             except BaseException:
@@ -276,6 +356,7 @@ class SqliteLearningStore:
 
     async def aclose(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -1,9 +1,15 @@
 -- Count one upstream failure of a key; failures further apart than the window start over.
 -- KEYS: the key's record hash
 -- ARGV: now, window seconds, record ttl ms
+-- A record of the wrong type (not written by this package) is dropped and counting starts over.
 local now = tonumber(ARGV[1])
-local n = tonumber(redis.call('HGET', KEYS[1], 'failures')) or 0
-local since = tonumber(redis.call('HGET', KEYS[1], 'failure_since')) or 0
+local v = redis.pcall('HMGET', KEYS[1], 'failures', 'failure_since')
+if type(v) == 'table' and v.err then
+  redis.call('DEL', KEYS[1])
+  v = {false, false}
+end
+local n = tonumber(v[1]) or 0
+local since = tonumber(v[2]) or 0
 if n == 0 or now - since > tonumber(ARGV[2]) then
   n = 1
   since = now

@@ -4,17 +4,44 @@
 -- ARGV[1] kind, ARGV[2] timestamp, ARGV[3] origin, ARGV[4] execution id ('' if none),
 -- ARGV[5] event data (JSON), ARGV[6] execution (JSON, '' if none), ARGV[7] quality ('' if none)
 -- Member: "seq\tts\tkind\torigin\tid\tdata" (unique through seq; the prefix lets prune read it).
--- Returns the event's sequence number.
-local seq = redis.call('INCR', KEYS[1])
+-- Returns the event's sequence number (for an execution already kept exactly as given, the
+-- last sequence number, and nothing is appended: a writer retrying after a lost reply must not
+-- count one execution twice).
+
+-- A key of the wrong type (something else wrote under this prefix) is dropped, so one foreign
+-- key never stops every later write.
+local function safe(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
+    redis.call('DEL', key)
+    r = redis.call(cmd, key, ...)
+  end
+  return r
+end
+
+if ARGV[4] ~= '' and ARGV[6] ~= '' then
+  local kept = safe('HGET', KEYS[3], ARGV[4])
+  if kept == ARGV[6] and (safe('HGET', KEYS[4], ARGV[4]) or '') == ARGV[7] then
+    return tonumber(redis.pcall('GET', KEYS[1])) or 0
+  end
+end
+local ok, seq = pcall(redis.call, 'INCR', KEYS[1])
+if not ok then
+  -- Not a counter (foreign, or not a number): continue after the last logged event.
+  local last = safe('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  seq = (tonumber(last[2]) or 0) + 1
+  redis.call('SET', KEYS[1], seq)
+end
 local member = seq .. '\t' .. ARGV[2] .. '\t' .. ARGV[1] .. '\t' .. ARGV[3] .. '\t' .. ARGV[4]
   .. '\t' .. ARGV[5]
-redis.call('ZADD', KEYS[2], seq, member)
+safe('ZADD', KEYS[2], seq, member)
 if ARGV[4] ~= '' and ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[4], ARGV[6])
+  safe('HSET', KEYS[3], ARGV[4], ARGV[6])
   if ARGV[7] ~= '' then
-    redis.call('HSET', KEYS[4], ARGV[4], ARGV[7])
+    safe('HSET', KEYS[4], ARGV[4], ARGV[7])
   else
-    redis.call('HDEL', KEYS[4], ARGV[4])
+    safe('HDEL', KEYS[4], ARGV[4])
   end
 end
 return seq

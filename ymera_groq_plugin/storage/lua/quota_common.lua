@@ -28,8 +28,31 @@ local function numbers(packed)
   return t
 end
 
+-- A key of the wrong type (written by something else under this package's prefix) is
+-- dropped and the command run again, so one foreign key costs that key's contents and never
+-- fails every later call for the pair. Other errors are raised as they are.
+local function safe(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
+    redis.call('DEL', key)
+    r = redis.call(cmd, key, ...)
+  end
+  return r
+end
+
+-- A reservation's stored amounts, "requests tokens"; nil for a malformed entry.
+local function amounts(text)
+  if type(text) ~= 'string' then return nil end
+  local sp = string.find(text, ' ', 1, true)
+  if not sp then return nil end
+  local r, t = tonumber(string.sub(text, 1, sp - 1)), tonumber(string.sub(text, sp + 1))
+  if not r or not t then return nil end
+  return r, t
+end
+
 local function load(key, now, defaults)
-  local v = redis.call('HMGET', key, unpack(FIELDS))
+  local v = safe('HMGET', key, unpack(FIELDS))
   local s = {lv = {}, learned = {}, lim = {}}
   for i = 1, 4 do s.lv[i] = tonumber(v[i]) or 0 end
   s.fresh = not v[5]
@@ -51,13 +74,15 @@ end
 -- Give back reservations whose process never settled them.
 local function expire(s, kres, kexp, now_s)
   if s.n == 0 then return end
-  local ids = redis.call('ZRANGEBYSCORE', kexp, '-inf', now_s, 'LIMIT', 0, 100)
+  local ids = safe('ZRANGEBYSCORE', kexp, '-inf', now_s, 'LIMIT', 0, 100)
   for _, rid in ipairs(ids) do
-    local a = redis.call('HGET', kres, rid)
+    local a = safe('HGET', kres, rid)
     if a then
-      local sp = string.find(a, ' ', 1, true)
-      s.pr = math.max(0, s.pr - tonumber(string.sub(a, 1, sp - 1)))
-      s.pt = math.max(0, s.pt - tonumber(string.sub(a, sp + 1)))
+      local r, t = amounts(a)
+      if r then
+        s.pr = math.max(0, s.pr - r)
+        s.pt = math.max(0, s.pt - t)
+      end
       s.n = math.max(0, s.n - 1)
       redis.call('HDEL', kres, rid)
     end

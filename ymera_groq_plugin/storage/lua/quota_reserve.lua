@@ -15,10 +15,10 @@ drain(s, now)
 local wait = room_wait(s, req, tok, now)
 local ok = '0'
 if not peek and wait <= 0 then
-  if redis.call('HSETNX', KEYS[2], ARGV[1], fmt(req) .. ' ' .. fmt(tok)) == 0 then
+  if safe('HSETNX', KEYS[2], ARGV[1], fmt(req) .. ' ' .. fmt(tok)) == 0 then
     return redis.error_reply('reservation id already in use')
   end
-  redis.call('ZADD', KEYS[3], fmt(now + ttl), ARGV[1])
+  safe('ZADD', KEYS[3], fmt(now + ttl), ARGV[1])
   -- Kept as long as the state hash: a busy pair may never empty them.
   redis.call('PEXPIRE', KEYS[2], key_ttl)
   redis.call('PEXPIRE', KEYS[3], key_ttl)

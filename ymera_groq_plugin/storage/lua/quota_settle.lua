@@ -7,6 +7,7 @@
 --          floor rpm rpd tpm tpd (used as Groq counts it)        [13..16]
 --          remaining_requests remaining_tokens report            [17..19]
 --          cool_until                                            [20]
+--          charge rpm rpd tpm tpd (added after the floors)       [21..24]
 --          ('-' for none; report 1: store the remaining counts)
 local a = numbers(ARGV[2])
 local now, key_ttl = a[1], a[4]
@@ -15,15 +16,17 @@ expire(s, KEYS[2], KEYS[3], fmt(now))
 drain(s, now)
 local found = '0'
 if ARGV[1] ~= '' then
-  local r = redis.call('HGET', KEYS[2], ARGV[1])
+  local r = safe('HGET', KEYS[2], ARGV[1])
   if r then
-    local sp = string.find(r, ' ', 1, true)
-    s.pr = math.max(0, s.pr - tonumber(string.sub(r, 1, sp - 1)))
-    s.pt = math.max(0, s.pt - tonumber(string.sub(r, sp + 1)))
+    local rr, rt = amounts(r)
+    if rr then
+      s.pr = math.max(0, s.pr - rr)
+      s.pt = math.max(0, s.pt - rt)
+      found = '1'
+    end
     s.n = math.max(0, s.n - 1)
     redis.call('HDEL', KEYS[2], ARGV[1])
-    redis.call('ZREM', KEYS[3], ARGV[1])
-    found = '1'
+    safe('ZREM', KEYS[3], ARGV[1])
   end
 end
 -- A kind without a limit is not tracked: with no refill rate its level could only grow.
@@ -53,6 +56,10 @@ for i = 1, 4 do
     local gap = f - (s.lv[i] + pending)
     if gap > 0 then s.lv[i] = s.lv[i] + gap end
   end
+end
+for i = 1, 4 do
+  local ch = a[20 + i]
+  if ch and ch > 0 and s.lim[i] and s.lim[i] ~= 0 then s.lv[i] = s.lv[i] + ch end
 end
 if a[19] == 1 then
   s.rr = a[17] and fmt(a[17]) or '-'
