@@ -37,6 +37,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1500, help="per process")
     parser.add_argument("--concurrency", type=int, default=16, help="per process")
     parser.add_argument("--rpm", type=int, default=40, help="per organisation (three)")
+    parser.add_argument(
+        "--bounded",
+        type=int,
+        default=32,
+        help="L1 entries and recent executions per worker (small, so they fill in the warm-up)",
+    )
     args = parser.parse_args()
     config = SoakConfig(
         processes=args.processes,
@@ -44,6 +50,7 @@ def main() -> int:
         concurrency=args.concurrency,
         rpm=args.rpm,
         warmup=min(200, args.requests // 4),
+        bounded=args.bounded,
     )
     print(
         f"Python {platform.python_version()} on {platform.machine()}, "

@@ -290,6 +290,7 @@ class Learner:
             store = ResilientLearningStore(
                 store_from_url("learning", settings.redis_url, namespace=settings.namespace),
                 clock=clock,
+                remember=settings.learning_recent_max,
             )
         else:
             path = Path(settings.data_dir).expanduser().resolve() / "learning.db"

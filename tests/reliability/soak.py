@@ -55,6 +55,10 @@ class SoakConfig:
         concurrency: Concurrent requests per worker.
         rpm: Requests per minute per organisation (the binding limit; three organisations).
         warmup: Requests per worker before the first memory reading.
+        bounded: Size of each worker's bounded in-memory structures (L1 cache entries, recent
+            executions). Small, so they are full before the warm-up ends: the defaults (10,000)
+            would keep memory growing legitimately for the whole of a short run, and flat
+            memory after the warm-up would show nothing.
     """
 
     processes: int = 3
@@ -62,6 +66,7 @@ class SoakConfig:
     concurrency: int = 12
     rpm: int = 40
     warmup: int = 50
+    bounded: int = 32
 
     @property
     def limits(self) -> dict[str, int]:
@@ -196,6 +201,8 @@ async def _work(
             # Clock seconds (x SCALE): a long wait for quota, in real time about 10 s.
             max_wait=600,
             request_timeout=30,
+            cache_l1_max_entries=config.bounded,
+            learning_recent_max=config.bounded,
         )
         engine = Engine(settings, catalog=catalog, clock=_scaled_clock)
         answered: dict[str, int] = {}
