@@ -14,6 +14,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
@@ -75,6 +76,13 @@ async def astorage_errors(backend: str, operation: str) -> AsyncIterator[None]:
         raise StorageError(
             f"{backend} {operation} failed: {type(exc).__name__}: {exc}", storage_error=exc
         ) from exc
+
+
+def lua_script(*names: str) -> str:
+    """The named files under `storage/lua/` joined in order, after the `safe.lua` prelude that
+    every script calls (Redis runs one source per script; there is no `require`)."""
+    lua = resources.files("ymera_groq_plugin.storage").joinpath("lua")
+    return "\n".join(lua.joinpath(n).read_text("utf-8") for n in ("safe.lua", *names))
 
 
 def dumps(value: Any) -> str:

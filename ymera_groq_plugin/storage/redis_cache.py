@@ -23,12 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from ..errors import ConfigurationError
-from .base import KEY_PREFIX, astorage_errors
+from .base import KEY_PREFIX, astorage_errors, lua_script
 from .redis_quota import fast_failing_client
 
 if TYPE_CHECKING:
@@ -41,9 +40,6 @@ logger = logging.getLogger(__name__)
 
 _CLEAR_BATCH = 500
 
-
-def _lua(name: str) -> str:
-    return resources.files("ymera_groq_plugin.storage").joinpath(f"lua/{name}").read_text("utf-8")
 
 
 def _tag(namespace: str) -> str:
@@ -77,10 +73,10 @@ class RedisCacheStore:
         self.max_entries = max_entries
         self._clock = clock
         self._owns = owns_client
-        self._get: AsyncScript = client.register_script(_lua("cache_get.lua"))
-        self._set: AsyncScript = client.register_script(_lua("cache_set.lua"))
-        self._delete: AsyncScript = client.register_script(_lua("cache_delete.lua"))
-        self._clear: AsyncScript = client.register_script(_lua("cache_clear.lua"))
+        self._get: AsyncScript = client.register_script(lua_script("cache_get.lua"))
+        self._set: AsyncScript = client.register_script(lua_script("cache_set.lua"))
+        self._delete: AsyncScript = client.register_script(lua_script("cache_delete.lua"))
+        self._clear: AsyncScript = client.register_script(lua_script("cache_clear.lua"))
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisCacheStore:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 from ..types import Execution
-from .base import KEY_PREFIX, astorage_errors, dumps, loads
+from .base import KEY_PREFIX, astorage_errors, dumps, loads, lua_script
 from .learning_base import (
     EventKind,
     LearningEvent,
@@ -45,10 +44,6 @@ logger = logging.getLogger(__name__)
 _KINDS = frozenset({"execution", "feedback", "summary"})
 
 _PRUNE_BATCH = 500
-
-
-def _lua(name: str) -> str:
-    return resources.files("ymera_groq_plugin.storage").joinpath(f"lua/{name}").read_text("utf-8")
 
 
 def _tag(namespace: str) -> str:
@@ -78,9 +73,9 @@ class RedisLearningStore:
         self._owns = owns_client
         base = f"{KEY_PREFIX}{namespace}:learning:{{{_tag(namespace)}}}:"
         self._keys = [base + "seq", base + "events", base + "exec", base + "quality"]
-        self._record: AsyncScript = client.register_script(_lua("learning_record.lua"))
-        self._feedback: AsyncScript = client.register_script(_lua("learning_feedback.lua"))
-        self._prune: AsyncScript = client.register_script(_lua("learning_prune.lua"))
+        self._record: AsyncScript = client.register_script(lua_script("learning_record.lua"))
+        self._feedback: AsyncScript = client.register_script(lua_script("learning_feedback.lua"))
+        self._prune: AsyncScript = client.register_script(lua_script("learning_prune.lua"))
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisLearningStore:
@@ -104,8 +99,15 @@ class RedisLearningStore:
         async with astorage_errors("redis", "learning record"):
             seq = await self._record(
                 keys=self._keys,
-                args=["execution", _num(execution.timestamp), origin, eid, dumps(data),
-                      dumps(kept), q],
+                args=[
+                    "execution",
+                    _num(execution.timestamp),
+                    origin,
+                    eid,
+                    dumps(data),
+                    dumps(kept),
+                    q,
+                ],
             )
         return int(seq)
 
@@ -162,9 +164,7 @@ class RedisLearningStore:
         async with astorage_errors("redis", "learning events"):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.get(self._keys[0])
-                pipe.zrangebyscore(
-                    self._keys[1], f"({int(after)}", "+inf", start=0, num=int(limit)
-                )
+                pipe.zrangebyscore(self._keys[1], f"({int(after)}", "+inf", start=0, num=int(limit))
                 counter, members = await pipe.execute(raise_on_error=False)
             if isinstance(members, Exception):
                 raise members

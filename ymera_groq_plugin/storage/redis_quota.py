@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .base import KEY_PREFIX, astorage_errors, redis_client
+from .base import KEY_PREFIX, astorage_errors, lua_script, redis_client
 from .quota_base import KEY_FIELDS, KeyStates, Limits, Observation, QuotaState, key_record_from
 
 if TYPE_CHECKING:
@@ -60,14 +59,6 @@ def fast_failing_client(url: str, **kwargs: Any) -> Redis:
 
         kwargs["retry"] = Retry(NoBackoff(), 1)
     return redis_client(url, **kwargs)
-
-
-def _lua(name: str) -> str:
-    return resources.files("ymera_groq_plugin.storage").joinpath(f"lua/{name}").read_text("utf-8")
-
-
-def _quota_script(name: str) -> str:
-    return _lua("quota_common.lua") + "\n" + _lua(name)
 
 
 def _tag(text: str) -> str:
@@ -135,9 +126,13 @@ class RedisQuotaStore:
         self._client = client
         self._prefix = f"{KEY_PREFIX}{namespace}:quota:"
         self._owns = owns_client
-        self._reserve: AsyncScript = client.register_script(_quota_script("quota_reserve.lua"))
-        self._settle: AsyncScript = client.register_script(_quota_script("quota_settle.lua"))
-        self._heartbeat: AsyncScript = client.register_script(_lua("quota_heartbeat.lua"))
+        self._reserve: AsyncScript = client.register_script(
+            lua_script("quota_common.lua", "quota_reserve.lua")
+        )
+        self._settle: AsyncScript = client.register_script(
+            lua_script("quota_common.lua", "quota_settle.lua")
+        )
+        self._heartbeat: AsyncScript = client.register_script(lua_script("quota_heartbeat.lua"))
         self._workers = f"{self._prefix}workers"
 
     @classmethod
@@ -291,7 +286,7 @@ class RedisKeyStateStore:
         self._prefix = f"{KEY_PREFIX}{namespace}:"
         self._aliases = f"{self._prefix}orgs"
         self._owns = owns_client
-        self._failure: AsyncScript = client.register_script(_lua("keys_failure.lua"))
+        self._failure: AsyncScript = client.register_script(lua_script("keys_failure.lua"))
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisKeyStateStore:

@@ -3,18 +3,6 @@
 -- ARGV[1] value, ARGV[2] member, ARGV[3] now, ARGV[4] expires_at, ARGV[5] ttl in ms,
 -- ARGV[6] max entries, ARGV[7] entry key prefix (prefix .. member = entry key)
 -- Returns how many entries were evicted for the bound.
--- A key of the wrong type (something else wrote under this prefix) is dropped, so a foreign
--- entry is a miss and never an error for every later call.
-local function safe(cmd, key, ...)
-  local r = redis.pcall(cmd, key, ...)
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
-    redis.call('DEL', key)
-    r = redis.call(cmd, key, ...)
-  end
-  return r
-end
-
 local member, prefix = ARGV[2], ARGV[7]
 local ttl_ms = tonumber(ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl_ms)

@@ -3,16 +3,6 @@
 -- ARGV[1] execution id, ARGV[2] quality (a JSON number), ARGV[3] timestamp, ARGV[4] origin
 -- Returns {execution JSON, previous quality or false}, or false for an unknown id (a kept
 -- execution that is not a JSON object counts as unknown and is dropped).
-local function safe(cmd, key, ...)
-  local r = redis.pcall(cmd, key, ...)
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
-    redis.call('DEL', key)
-    r = redis.call(cmd, key, ...)
-  end
-  return r
-end
-
 local exec = safe('HGET', KEYS[3], ARGV[1])
 if not exec then
   return false

@@ -8,18 +8,6 @@
 -- last sequence number, and nothing is appended: a writer retrying after a lost reply must not
 -- count one execution twice).
 
--- A key of the wrong type (something else wrote under this prefix) is dropped, so one foreign
--- key never stops every later write.
-local function safe(cmd, key, ...)
-  local r = redis.pcall(cmd, key, ...)
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
-    redis.call('DEL', key)
-    r = redis.call(cmd, key, ...)
-  end
-  return r
-end
-
 if ARGV[4] ~= '' and ARGV[6] ~= '' then
   local kept = safe('HGET', KEYS[3], ARGV[4])
   if kept == ARGV[6] and (safe('HGET', KEYS[4], ARGV[4]) or '') == ARGV[7] then

@@ -28,19 +28,6 @@ local function numbers(packed)
   return t
 end
 
--- A key of the wrong type (written by something else under this package's prefix) is
--- dropped and the command run again, so one foreign key costs that key's contents and never
--- fails every later call for the pair. Other errors are raised as they are.
-local function safe(cmd, key, ...)
-  local r = redis.pcall(cmd, key, ...)
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
-    redis.call('DEL', key)
-    r = redis.call(cmd, key, ...)
-  end
-  return r
-end
-
 -- A reservation's stored amounts, "requests tokens"; nil for a malformed entry.
 local function amounts(text)
   if type(text) ~= 'string' then return nil end
