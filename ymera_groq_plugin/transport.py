@@ -1,9 +1,12 @@
 """The only module that talks to Groq: per-key SDK clients, raw responses, one error boundary.
 
-Calls go through the official `groq` SDK (so tools, JSON mode and reasoning fields stay its
-business) with `with_raw_response`, because the quota ledger needs the `x-ratelimit-*` headers
-that the parsed objects hide. The SDK's own retries are off: a 429 must reach the engine, which
-moves to another key or model instead of sleeping on the same one.
+A non-streaming call is one JSON POST through the official `groq` SDK's httpx client, sent
+and read directly: the SDK's request transform and response models cost about 1.2 ms a call,
+more than the whole engine (`benchmarks/bench_engine.py`), and the body is kept as Groq sent
+it (tools, JSON mode and reasoning fields pass through untouched). Streams go through the SDK
+(`with_raw_response`, for the `x-ratelimit-*` headers the parsed objects hide) and its SSE
+decoder. The SDK's own retries are off: a 429 must reach the engine, which moves to another
+key or model instead of sleeping on the same one.
 
 Every `groq.*` and `httpx.*` exception is translated into the package's tree in
 `map_exceptions`, the single boundary (httpcore's `map_exceptions` pattern):
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import re
 import time
@@ -41,10 +45,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import groq
 import httpx
 from groq.resources.chat.completions import AsyncCompletions
-from groq.types.chat import ChatCompletion
 
 from .errors import (
     ConfigurationError,
+    InvalidRequestError,
     StreamError,
     UpstreamAuthError,
     UpstreamError,
@@ -174,17 +178,18 @@ def _describe(
 
 
 def _status_error(
-    exc: groq.APIStatusError,
+    status: int,
+    body: object,
+    headers: Mapping[str, str],
     *,
     model: str | None,
     key_label: str | None,
     secrets: Sequence[str],
 ) -> UpstreamError:
-    status = exc.status_code
-    message, code, etype, _ = _error_fields(exc.body)
+    message, code, etype, _ = _error_fields(body)
     detail = _short(_redact(message, secrets)) if message else None
     # Rate limits are read from every error: a 401 or 404 still reports the buckets.
-    rate_limits = parse_rate_limits(exc.response.headers, message if status in (413, 429) else None)
+    rate_limits = parse_rate_limits(headers, message if status in (413, 429) else None)
     common: dict[str, Any] = {
         "status_code": status,
         "model": model,
@@ -279,7 +284,15 @@ def map_exceptions(
     try:
         yield
     except groq.APIStatusError as exc:
-        _raise(_status_error(exc, model=model, key_label=key_label, secrets=secrets), exc, secrets)
+        error = _status_error(
+            exc.status_code,
+            exc.body,
+            exc.response.headers,
+            model=model,
+            key_label=key_label,
+            secrets=secrets,
+        )
+        _raise(error, exc, secrets)
     except groq.APIConnectionError as exc:
         # `APITimeoutError` is a connection error too; the SDK wraps httpx's exception.
         if isinstance(exc, groq.APITimeoutError) or isinstance(
@@ -332,12 +345,20 @@ def _connection_error(
     )
 
 
-def _raise(error: UpstreamError, cause: BaseException, secrets: Sequence[str]) -> NoReturn:
+def _raise(error: UpstreamError, cause: BaseException | None, secrets: Sequence[str]) -> NoReturn:
     logger.debug("groq call failed: %s", error.message)
     text = f"{cause!s} {cause!r}"
-    if any(s and s in text for s in secrets):
+    if cause is None or any(s and s in text for s in secrets):
         raise error from None
     raise error from cause
+
+
+def _response_body(response: httpx.Response) -> object:
+    """The decoded JSON of a response, else its text (as the SDK keeps error bodies)."""
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return response.text.strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,6 +635,14 @@ class GroqTransport:
         self._http_client = http_client
         self._owns_http_client = http_client is None
         self._clients: dict[str, groq.AsyncGroq] = {}
+        self._completions_url = self.base_url + "/openai/v1/chat/completions"
+        # What the SDK sends on every call, so Groq sees the same client either way.
+        self._base_headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"AsyncGroq/Python {groq.__version__}",
+            **self.default_headers,
+        }
 
     def __repr__(self) -> str:
         return (
@@ -623,12 +652,16 @@ class GroqTransport:
 
     # -- clients ----------------------------------------------------------------------------
 
+    def _http(self) -> httpx.AsyncClient:
+        if self._http_client is None:
+            self._http_client = groq.DefaultAsyncHttpxClient()
+        return self._http_client
+
     def _client(self, key: ApiKey) -> groq.AsyncGroq:
         secret = key.secret.get_secret_value()
         client = self._clients.get(key.label)
         if client is None or client.api_key != secret:
-            if self._http_client is None:
-                self._http_client = groq.DefaultAsyncHttpxClient()
+            self._http()
             client = groq.AsyncGroq(
                 api_key=secret,
                 base_url=self.base_url,
@@ -684,36 +717,82 @@ class GroqTransport:
             UpstreamError: Or a subclass, as the module docstring's table says.
         """
         budget = self.timeout if timeout is None else float(timeout)
-        client = self._client(key)
         known, extra = _split_params(params)
         secret = key.secret.get_secret_value()
+        # The SDK's per-call request transform and response model construction cost more
+        # than the rest of the engine together (about 1.2 ms a call, `benchmarks/
+        # bench_engine.py`); a non-streaming call is one JSON POST, so it goes straight
+        # through the SDK's own httpx client. The SDK's exceptions never arise on this path,
+        # so the status is mapped here with the same rules (`_status_error`).
+        payload = {**known, **extra, "model": model, "messages": list(messages), "stream": False}
+        try:
+            content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"The request is not JSON-serialisable: {exc}") from None
+        http = self._http()
+        headers = {
+            **self._base_headers,
+            "Authorization": f"Bearer {secret}",
+        }
         started = time.perf_counter()
         with map_exceptions(model=model, key_label=key.label, secrets=(secret,), timeout=budget):
             async with asyncio.timeout(budget):
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=model,
-                    messages=list(messages),  # type: ignore[arg-type]
-                    stream=False,
+                response = await http.post(
+                    self._completions_url,
+                    content=content.encode(),
+                    headers=headers,
                     timeout=self._httpx_timeout(budget),
-                    extra_body=extra or None,
-                    **known,
                 )
-                completion = cast(ChatCompletion, await raw.parse())
         latency_ms = (time.perf_counter() - started) * 1000
-        body = completion.model_dump(mode="json", exclude_unset=True)
-        request_id = raw.headers.get("x-request-id")
+        status = response.status_code
+        body = _response_body(response)
+        if not 200 <= status < 300:
+            error = _status_error(
+                status,
+                body,
+                response.headers,
+                model=model,
+                key_label=key.label,
+                secrets=(secret,),
+            )
+            # Kept for debugging, unless the body it carries echoes the key.
+            cause = (
+                None
+                if secret in response.text
+                else httpx.HTTPStatusError(
+                    f"HTTP {status} from {self._completions_url}",
+                    request=response.request,
+                    response=response,
+                )
+            )
+            _raise(error, cause, (secret,))
+        if not isinstance(body, dict):
+            error = UpstreamError(
+                _describe(
+                    "Groq sent an answer that is not a JSON object",
+                    status=status,
+                    model=model,
+                    key_label=key.label,
+                    detail=_short(_redact(str(body), (secret,))),
+                ),
+                status_code=status,
+                retryable=False,
+                model=model,
+            )
+            _raise(error, None, (secret,))
+        request_id = response.headers.get("x-request-id")
         logger.debug(
             "groq %s on key %s: %s in %.1f ms (request %s)",
             model,
             key.label,
-            raw.status_code,
+            status,
             latency_ms,
             request_id,
         )
         return UpstreamResponse(
             body=body,
-            rate_limits=parse_rate_limits(raw.headers),
-            status_code=raw.status_code,
+            rate_limits=parse_rate_limits(response.headers),
+            status_code=status,
             latency_ms=latency_ms,
             request_id=request_id,
         )

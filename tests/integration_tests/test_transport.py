@@ -144,7 +144,7 @@ async def test_unknown_params_go_in_extra_body_and_none_is_unset(transport: Groq
 
 async def test_one_client_per_key_label(transport: GroqTransport) -> None:
     for key in (KEY_A, KEY_B, KEY_A):
-        await transport.acomplete(key=key, model=MODEL, messages=HI, params={})
+        await _drain(await transport.astream(key=key, model=MODEL, messages=HI, params={}))
     assert len(transport._clients) == 2
     assert "clients=2" in repr(transport)
 

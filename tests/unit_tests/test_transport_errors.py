@@ -95,13 +95,21 @@ CASES = [
 async def test_status_mapping(
     status: int, body: bytes, cls: type[UpstreamError], retryable: bool, code: str | None
 ) -> None:
+    answer = _answer(status, body)
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return answer(request)
+
     with pytest.raises(UpstreamError) as info:
-        await _call(_answer(status, body))
+        await _call(handler)
     err = info.value
     assert type(err) is cls
+    assert len(calls) == 1  # no hidden retries: the engine decides what happens next
     assert (err.status_code, err.retryable, err.code, err.model) == (status, retryable, code, MODEL)
     assert f"({status}" in str(err) and "key unit" in str(err)
-    assert isinstance(err.__cause__, Exception)  # the SDK's exception, kept for debugging
+    assert isinstance(err.__cause__, Exception)  # the HTTP status error, kept for debugging
 
 
 async def test_429_headers_and_text_fill_rate_limits() -> None:
@@ -180,7 +188,7 @@ async def test_params_known_by_name_unknown_in_extra_body_none_dropped() -> None
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.update(json.loads(request.content))
-        seen["_retries"] = request.headers.get("x-stainless-retry-count")
+        seen["_agent"] = request.headers.get("user-agent", "")
         seen["_auth"] = request.headers["authorization"] == f"Bearer {SECRET}"
         return httpx.Response(200, json=_completion())
 
@@ -195,7 +203,7 @@ async def test_params_known_by_name_unknown_in_extra_body_none_dropped() -> None
     assert seen["temperature"] == 0.2 and seen["reasoning_effort"] == "low"
     assert seen["brand_new_groq_param"] == {"x": 1}
     assert "stop" not in seen and seen["stream"] is False
-    assert seen["_retries"] == "0" and seen["_auth"]
+    assert seen["_agent"].startswith("AsyncGroq/Python ") and seen["_auth"]
 
 
 def _completion(**message: Any) -> dict[str, Any]:
