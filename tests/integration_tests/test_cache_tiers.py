@@ -356,3 +356,39 @@ async def test_sync_calls_from_the_portal_thread_do_not_deadlock(make_cache: Any
     assert await get_portal().arun(on_portal()) is None
     cache.close()  # waits for the background work: the L2 hit was promoted into L1
     assert cache.lookup("prompt", "llm") == [Generation(text="stored")]
+
+
+async def test_write_behind_batches_answers_into_one_sqlite_transaction(tmp_path: Path) -> None:
+    """On the portal (the engine's case), answers land in L1 at once and reach L2/L3 together:
+    one `set_many` per tier for a burst, flushed by `aflush`."""
+    from ymera_groq_plugin._portal import get_portal
+
+    l3 = SqliteCacheStore(tmp_path / "cache.db")
+    batches: list[int] = []
+    set_many = l3.set_many
+
+    async def counting(items: Any) -> None:
+        batches.append(len(items))
+        await set_many(items)
+
+    l3.set_many = counting  # type: ignore[method-assign]
+    cache = TieredCache(l1=LRUCache(100, 300), l2=None, l3=l3, ttl=TTL)
+    cache.write_behind = True
+    requests = [request(f"Format table {i}") for i in range(20)]
+
+    async def burst() -> None:
+        for req in requests:
+            await cache.aput_result(req, answer(f"| {req.messages[0]['content']} |"))
+        # Every answer is in L1 before any lower-tier write happened.
+        assert all(cache.get_l1(req) is not None for req in requests)
+        assert batches == []
+
+    await get_portal().arun(burst())
+    await cache.aflush()
+    assert batches == [20]
+    cache._l1.clear()
+    for req in requests:
+        hit = await cache.aget_result(req)
+        assert hit is not None and hit.cache_tier == "l3"
+        assert hit.content == f"| {req.messages[0]['content']} |"
+    await cache.aclose()

@@ -76,6 +76,7 @@ async def test_namespaces_keep_tenants_apart(redis_url: str, tmp_path: Path) -> 
             # One engine asked for another namespace per request gets a miss there too.
             other = await a.ainvoke(replace(request(question, "a-3"), namespace="tenant-c"))
             assert other.cache_tier is None
+            await background_done(a)  # write-behind: L2 and L3 follow in a batch
             # Every Redis key lives under its tenant's prefix, and SQLite rows carry theirs.
             keys = redis_dump(redis_url, "ymera:*")
             prefixes = {k.split(b":")[1] for k in keys}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,6 +174,58 @@ async def test_sqlite_corruption_while_open_recovers(tmp_path: Path, clock: Fake
         await store.set("ns", "k1", "again", 60)
         assert await store.get("ns", "k1") == "again"
         assert store.recoveries >= 1
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_reads_inline_from_any_thread_and_sees_every_write(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A get reads on the caller's thread (no hop to the worker), and sees the worker's
+    writes at once, from any thread, including batches and expiry."""
+    store = SqliteCacheStore(tmp_path / "cache.db", clock=clock)
+    try:
+        await store.set("ns", "a", "one", 60)
+        assert await store.get("ns", "a") == "one"
+        reader = store._local.conn
+        assert reader is not None and reader is not store._conn
+        await store.set_many([("ns", "a", "two", 60), ("ns", "b", "bee", 60), ("ns", "c", "x", 0)])
+        assert (await store.get("ns", "a"), await store.get("ns", "b")) == ("two", "bee")
+        assert await store.get("ns", "c") is None
+        assert store._local.conn is reader  # the same inline reader throughout
+
+        # Another thread (another event loop) gets its own reader and the same answers.
+        def elsewhere() -> tuple[str | None, str | None]:
+            async def both() -> tuple[str | None, str | None]:
+                return await store.get("ns", "a"), await store.get("ns", "zz")
+
+            return asyncio.run(both())
+
+        assert await asyncio.to_thread(elsewhere) == ("two", None)
+        assert len(store._readers) == 2
+        # An expired row found inline is handed to the worker, which deletes it.
+        clock.advance(61)
+        assert await store.get("ns", "a") is None
+        assert await store.size("ns") == 0
+    finally:
+        await store.aclose()
+    assert store._readers == []
+
+
+async def test_sqlite_replaced_file_is_not_read_through_an_old_reader(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "cache.db"
+    store = SqliteCacheStore(path, clock=clock)
+    try:
+        await store.set("ns", "k", "old", 60)
+        assert await store.get("ns", "k") == "old"  # opens the inline reader
+        # The worker finds the file corrupt and starts a fresh one (as on a real fault).
+        fault = sqlite3.DatabaseError("file is not a database")
+        store._executor.submit(store._recover, fault).result()
+        await store.set("ns", "k2", "new", 60)
+        assert await store.get("ns", "k") is None  # not the old file's row
+        assert await store.get("ns", "k2") == "new"
     finally:
         await store.aclose()
 

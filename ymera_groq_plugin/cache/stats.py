@@ -50,10 +50,10 @@ class TierStats:
                 self._timed += 1
                 self._total_s += seconds
 
-    def bump(self, counter: str) -> None:
-        """Add one to `errors`, `skipped` or `corrupt`."""
+    def bump(self, counter: str, n: int = 1) -> None:
+        """Add `n` to `errors`, `skipped` or `corrupt`."""
         with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            setattr(self, counter, getattr(self, counter) + n)
 
     def mean_ms(self) -> float:
         """Mean timed lookup, in milliseconds (0.0 before any)."""
