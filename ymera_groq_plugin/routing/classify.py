@@ -41,6 +41,12 @@ from .policy import Policy, default_policy
 
 __all__ = ["classify", "request_texts"]
 
+# Per-token signal lookups are memoised. Prompts carry endless one-off tokens (ids, numbers,
+# names), so the memo is cleared when full: a larger bound was most of a long-running worker's
+# memory growth (the soak: about 50 bytes per request per matcher), and common words come back
+# into it within a few requests.
+_SINGLE_MEMO = 8192
+
 # -- what is read -------------------------------------------------------------------------
 
 _HEAD = 4000
@@ -151,7 +157,7 @@ class _Matcher:
                 if sig not in sigs:
                     sigs.append(sig)
         found = tuple(sigs)
-        if len(self._single) >= 50_000:
+        if len(self._single) >= _SINGLE_MEMO:
             self._single.clear()
         self._single[tok] = found
         return found
