@@ -20,6 +20,8 @@
                   "rate_limited_avoided", "fallback_used", "errors", "by_key", "by_model",
                   "processes", "latency_histogram"},
   "learning":    {"agent:task": {"model", "score", "executions", "cell_executions"}},
+  "storage":     {"quota"|"keys"|"learning": {"state": "ok" | "degraded", "outages",
+                  "recoveries", "local_share" (quota), "pending" (learning)}},
   "alerts":      [{"level", "source", "message", "fraction", "threshold", …}],   # active now
   "recent_alerts": [...],                    # threshold crossings this process saw (events)
   "totals":      {...},                      # counters since start, for Prometheus counters
@@ -527,8 +529,10 @@ class Monitor:
         perf = _performance(today, window)
         perf["processes"] = processes
         perf["latency_histogram"] = histogram
+        storage = _storage(engine)
         alerts = active_alerts(usage, engine.settings.alert_thresholds)
         alerts += _health_alerts(cache, perf)
+        alerts += _storage_alerts(storage)
         own_perf = _performance(own["today"], sorted(own["latency"]["window"]))
         return {
             "scope": "fleet" if use_fleet else "process",
@@ -554,6 +558,7 @@ class Monitor:
             "cache": cache,
             "performance": perf,
             "learning": learning,
+            "storage": storage,
             "alerts": alerts,
             "recent_alerts": list(self.recent_alerts),
             "totals": {**totals, "latency_histogram": histogram, "processes": len(records)},
@@ -833,6 +838,51 @@ def active_alerts(usage: Mapping[str, Any], thresholds: Sequence[float]) -> list
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _storage(engine: Engine) -> dict[str, Any]:
+    """Where each shared store stands: `ok`, or `degraded` (Redis unreachable, served locally
+    until it is back; see `storage.resilient`)."""
+    out: dict[str, Any] = {}
+    stores: dict[str, Any] = {}
+    with contextlib.suppress(Exception):  # before start, or without a learner
+        stores["quota"] = engine.quota.ledger.store
+        stores["keys"] = engine.quota.pool.store
+    if engine.learner is not None:
+        stores["learning"] = engine.learner.store
+    for name, store in stores.items():
+        degraded = getattr(store, "degraded", None)
+        entry: dict[str, Any] = {"state": "degraded" if degraded else "ok"}
+        if degraded is not None:  # a Redis store behind its local fallback
+            entry["outages"] = int(getattr(store, "outages", 0) or 0)
+            entry["recoveries"] = int(getattr(store, "recoveries", 0) or 0)
+        if name == "quota" and hasattr(store, "share"):
+            entry["local_share"] = round(float(store.share), 4)
+        if name == "learning" and hasattr(store, "pending"):
+            entry["pending"] = int(store.pending)
+        out[name] = entry
+    return out
+
+
+def _storage_alerts(storage: Mapping[str, Any]) -> list[dict[str, Any]]:
+    down = [name for name, entry in storage.items() if entry.get("state") == "degraded"]
+    if not down:
+        return []
+    quota = storage.get("quota") or {}
+    detail = (
+        f"; quota on a local share of {quota['local_share']:.0%} of each budget"
+        if quota.get("state") == "degraded" and "local_share" in quota
+        else ""
+    )
+    return [
+        {
+            "level": "critical",
+            "source": "storage",
+            "stores": down,
+            "message": f"Redis unreachable for {', '.join(down)}: served locally until it is "
+            f"back{detail}",
+        }
+    ]
 
 
 def _health_alerts(cache: Mapping[str, Any], perf: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ import pytest
 import redis
 
 from ymera_groq_plugin.engine import Engine
+from ymera_groq_plugin.monitor import monitor_for
 from ymera_groq_plugin.storage.redis_learning import RedisLearningStore
 from ymera_groq_plugin.storage.resilient import ResilientLearningStore, ResilientQuotaStore
 from ymera_groq_plugin.testing import FakeClock, RedisServer
@@ -157,6 +158,12 @@ async def _run_with_outage(
             run.phase = "outage"
             await run.more(40, "requests during the outage")
             degraded = [quota_store(e).degraded for e in engines]
+            # The dashboard says so, and what it means for the quota.
+            during = await monitor_for(engines[0]).asnapshot()
+            assert during["storage"]["quota"]["state"] == "degraded"
+            assert during["storage"]["quota"]["local_share"] == pytest.approx(0.45)
+            (alert,) = [a for a in during["alerts"] if a["source"] == "storage"]
+            assert alert["level"] == "critical" and "quota" in alert["stores"]
             refused.append(dict(server.stats().rate_limited))
             await asyncio.to_thread(own_redis.start)
             run.phase = "after"
@@ -170,6 +177,10 @@ async def _run_with_outage(
                 "the stores to reconcile after Redis came back",
             )
             refused.append(dict(server.stats().rate_limited))
+            after = await monitor_for(engines[0]).asnapshot()
+            assert {e["state"] for e in after["storage"].values()} == {"ok"}
+            assert after["storage"]["quota"]["recoveries"] >= 1
+            assert not [a for a in after["alerts"] if a["source"] == "storage"]
             # A second wave on the shared ledger again.
             await run.more(40, "requests after Redis came back")
             await run.stop()
