@@ -252,6 +252,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("documentation", 2.5, "{write,update,draft,produce,create,improve} docs"),
     ("documentation", 1.5, "docs|document|documenting|onboarding|guide|wiki|manual|comments"),
     ("documentation", 1.0, "explain*|describe|clearer|paragraph|headings|write-up|draft"),
+    ("documentation", 2.5, "quickstart|quick start|getting started|walkthrough"),
     # testing
     ("testing", 3.0, "unit test|unit tests|pytest|jest|vitest|mocha|junit|test plan|test case*"),
     ("testing", 3.0, "regression test*|load test*|integration test*|property-based|e2e"),
@@ -267,6 +268,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("validation", 1.5, "valid|invalid|verify|verif*|violation|violations|pass/fail|yes or no"),
     ("validation", 1.0, "required field|required fields|matches|sanity check|schema|e.164"),
     ("validation", 1.0, "iso 8601|rfc|acceptable|allowed value*|conformance|malformed"),
+    ("validation", 2.5, "check that|verify that|ensure that|make sure that|break our rules"),
+    ("validation", 2.5, "which {values,fields,entries,lines,rows,items,urls} {break,violate,fail}"),
     # architecture
     ("architecture", 3.0, "architecture|system design|high-level design|microservice*"),
     ("architecture", 2.0, "monolith*|event sourcing|cqrs|single {point,points} of failure"),
@@ -277,6 +280,9 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("architecture", 1.0, "design|components|data flow|distributed|infrastructure"),
     ("architecture", 1.0, "plugin system|caching layer|load balancer|multi-tenant|sandbox*"),
     ("architecture", 1.0, "services|backend"),
+    ("architecture", 2.0, "where should * live|business logic|business rules|layering"),
+    ("architecture", 2.0, "active-active|active-passive|multi-region|cross-region|split-brain"),
+    ("architecture", 1.5, "two regions|regions|frontend or|api layer|service boundaries"),
     # security
     ("security", 3.0, "security|secure|vulnerab*|cve-*|xss|csrf|owasp|threat model*"),
     ("security", 3.0, "sql injection|injection|pentest*|exploit*|hardening|malware"),
@@ -288,6 +294,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("security", 1.5, "audit*|mitigat*|jwt|tls|csp|hmac|sanitiz*|escap*|is it {safe,ok}"),
     ("security", 1.0, "hash*|md5|auth*|root|permission|permissions|shell=true|os.system"),
     ("security", 1.0, "{token,tokens} expire|tokens never expire"),
+    ("security", 2.0, "hashed|plaintext|bcrypt|argon2|scrypt|salted|api key|api keys"),
+    ("security", 2.0, "abuse|abused|malicious|internal network|metadata endpoint"),
     # api_design
     ("api_design", 3.0, "openapi|swagger|graphql|grpc|protobuf|rest api|restful"),
     ("api_design", 2.0, "api|apis|endpoint|endpoints|webhook|webhooks|http method*|status code*"),
@@ -296,6 +304,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("api_design", 1.5, "request and response|response {shape,body,format}|query param*"),
     ("api_design", 1.0, "contract|json bod*|payload|mutation|schema|schemas|http|sdk"),
     ("api_design", 1.0, "400|401|402|403|404|405|406|409"),
+    ("api_design", 1.5, "route|routes|url scheme|url structure|resource naming"),
     # database
     ("database", 3.0, "sql|postgres*|mysql|sqlite|mongodb|database|databases|alembic"),
     ("database", 3.0, "mariadb|dynamodb|cassandra|autovacuum|vacuum|stored procedure*|upsert"),
@@ -313,6 +322,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("monitoring", 1.5, "p50|p90|p95|p99|p999|error rate"),
     ("monitoring", 1.0, "log|logs|spike|spikes|outage|throughput|quota|eviction|evictions"),
     ("monitoring", 1.0, "memory|disk|status|urgent|tracing|traces|saturation|full|utili*"),
+    ("monitoring", 2.0, "cron|cron job*|nightly job*|backup job*|heartbeat*|job runs"),
     # formatting
     ("formatting", 3.0, "reformat*|pretty-print*|prettify|pep 8|pep8|conventional commits"),
     ("formatting", 2.5, "format|formatted|formatting|indent*|markdown table|normalize|normalise"),
@@ -340,6 +350,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("analysis", 1.5, "analy*|summar*|compare|comparison|pros and cons|themes"),
     ("analysis", 1.5, "pattern|patterns|what happened|breakdown|segment*|retention|funnel"),
     ("analysis", 1.0, "report|evaluate|evidence|conversion|significan*|market|data|revenue"),
+    ("analysis", 2.5, "product reviews|customer reviews|user reviews|app reviews|what users"),
+    ("analysis", 1.5, "assess|assessment|market entry|demand|competitors|competition"),
     # long_context
     ("long_context", 3.0, "entire {codebase,repository,repo,project}|whole codebase|whole repo*"),
     ("long_context", 3.0, "monorepo|every file|all {the,these,our} {files,sources}"),
@@ -348,8 +360,12 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("long_context", 1.0, "attached|concatenated|across these|papers"),
     # multilingual
     ("multilingual", 3.0, "translat*|locali*|i18n|l10n"),
-    ("multilingual", 1.5, "japanese|chinese|korean|spanish|french|german|portuguese|italian"),
-    ("multilingual", 1.5, "russian|arabic|hindi|turkish|dutch|polish|vietnamese|thai"),
+    ("multilingual", 0.5, "japanese|chinese|korean|spanish|french|german|portuguese|italian"),
+    ("multilingual", 0.5, "russian|arabic|hindi|turkish|dutch|polish|vietnamese|thai"),
+    ("multilingual", 1.5, "{in,into,to,from} {japanese,chinese,korean,spanish,french,german}"),
+    ("multilingual", 1.5, "{in,into,to,from} {portuguese,italian,russian,arabic,hindi,turkish}"),
+    ("multilingual", 1.5, "{in,into,to,from} {dutch,polish,vietnamese,thai}|native speaker*"),
+    ("multilingual", 1.5, "{japanese,chinese,korean,spanish,french,german} {text,version,copy}"),
     # general (weak: general is also what wins when nothing else does)
     ("general", 1.0, "fun fact|newsletter|email|offsite|agenda|job posting|books|ideas"),
     ("general", 1.0, "brainstorm|advice|help me think|recipe|travel|gift|lunch|birthday"),
@@ -436,6 +452,10 @@ _NON_LATIN = re.compile(
     "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]"
 )
 _LATIN = re.compile(r"[A-Za-z]")
+# "17% of 2,340", "goes from 60% to 75%"
+_PERCENT = re.compile(r"\d\s?%\s+of\s+\$?\d|from\s+\d[\d,.]*\s?%\s+to\s+\d")
+# "/users/{id}/orders", "/orders?user_id=": a route, not a file path
+_ROUTE = re.compile(r"(?<![\w.])/[a-z][\w-]*/\{\w+\}|(?<![\w.])/[a-z][\w-]*\?[a-z_]+=")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)
 
 _TASK_LEAN: dict[str, float] = {
@@ -570,6 +590,10 @@ def _task_scores(
         _add(scores, why, "monitoring", 1.5, "log lines")
     if ("^" in lower or "=" in lower) and _MATH.search(lower):
         _add(scores, why, "reasoning", 2.5, "equation")
+    if "%" in lower and _PERCENT.search(lower):
+        _add(scores, why, "reasoning", 2.5, "percentage arithmetic")
+    if "/" in lower and _ROUTE.search(lower):
+        _add(scores, why, "api_design", 2.0, "API route path")
     if cues.quantity and sum(1 for w in words if w.isdigit()) >= 3:
         _add(scores, why, "reasoning", 1.5, "numbers + quantity question")
     if cues.show_code:
