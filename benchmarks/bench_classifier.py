@@ -5,8 +5,8 @@ Run from the repository root:
     python benchmarks/bench_classifier.py [--misses]
 
 Accuracy is printed per split of `tests/data/tasks.json` (see `tests/unit_tests/
-test_classify.py` for what each split means; `holdout2` is the honest figure for prompts the
-heuristics were not tuned on), plus a confusion list with `--misses`. Cost is wall time per
+test_classify.py` for what each split means; `holdout3`, written by someone who never saw
+the classifier, is the honest figure for prompts it was not built on), plus a confusion list with `--misses`. Cost is wall time per
 call, median of repeated runs, for a typical one-line prompt, for the labelled prompts
 without attachments, and for one long-context prompt (where token counting dominates).
 """
@@ -53,7 +53,7 @@ def main() -> None:
 
     print(f"labelled tasks: {len(tasks)} ({len(TASK_TYPES)} task types); tokens: {encoding_name()}")
     print(f"{'split':10s} {'n':>4s} {'task type':>10s} {'complexity':>11s}")
-    for split in ("tuning", "holdout1", "holdout2", None):
+    for split in ("tuning", "holdout1", "holdout2", "holdout3", None):
         idx = [i for i, t in enumerate(tasks) if split is None or t.get("split", "tuning") == split]
         ok_t = sum(profiles[i].task_type == tasks[i]["task_type"] for i in idx)
         ok_c = sum(profiles[i].complexity == tasks[i]["complexity"] for i in idx)

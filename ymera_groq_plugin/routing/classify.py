@@ -457,6 +457,10 @@ _PERCENT = re.compile(r"\d\s?%\s+of\s+\$?\d|from\s+\d[\d,.]*\s?%\s+to\s+\d")
 # "/users/{id}/orders", "/orders?user_id=": a route, not a file path
 _ROUTE = re.compile(r"(?<![\w.])/[a-z][\w-]*/\{\w+\}|(?<![\w.])/[a-z][\w-]*\?[a-z_]+=")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)
+# A pasted line of material: a list item, a quote, or a log line.
+_MATERIAL_LINE = re.compile(r"^\s*(?:[-*•>]|\d+[.)]|\d\d:\d\d|\d{4}-\d\d-\d\d)\s*.*$", re.M)
+_MATERIAL_WEIGHT = 0.4
+_MIN_INSTRUCTION_WORDS = 6
 
 _TASK_LEAN: dict[str, float] = {
     "architecture": 0.5,
@@ -541,17 +545,37 @@ def _task_scores(
     lower = text.lower()
     words = _TOKEN.findall(lower)
 
-    counts: dict[int, int] = {}
-    first: dict[int, str] = {}
-    for sig, start, length in _TASKS_M.find(words):
-        c = counts.get(sig, 0)
-        counts[sig] = c + 1
-        if c == 0:
-            first[sig] = " ".join(words[start:start + length])
+    # Words of the instruction count fully; words of the material it hands over (fenced
+    # code, pasted list items and log lines) count less: "crash" in a list of PR titles to
+    # turn into release notes is not a bug report.
+    material_words: list[str] = []
+    if "\n" in text and ("```" in text or _MATERIAL_LINE.search(text)):
+        material = _CODE_SPAN.findall(lower) if "```" in lower else []
+        rest = _CODE_SPAN.sub(" ", lower) if material else lower
+        material += _MATERIAL_LINE.findall(rest)
+        instruction = _MATERIAL_LINE.sub(" ", rest)
+        own = _TOKEN.findall(instruction)
+        if len(own) >= _MIN_INSTRUCTION_WORDS:
+            words_for_signals = own
+            material_words = _TOKEN.findall(" ".join(material))
+        else:
+            words_for_signals = words
+    else:
+        words_for_signals = words
     meta = _TASKS_M.meta
-    for sig, c in counts.items():
-        task, w = meta[sig]
-        _add(scores, why, task, w * _REPEAT[min(c, 3) - 1], first[sig])
+    for part, weight in ((words_for_signals, 1.0), (material_words, _MATERIAL_WEIGHT)):
+        if not part:
+            continue
+        counts: dict[int, int] = {}
+        first: dict[int, str] = {}
+        for sig, start, length in _TASKS_M.find(part):
+            c = counts.get(sig, 0)
+            counts[sig] = c + 1
+            if c == 0:
+                first[sig] = " ".join(part[start:start + length])
+        for sig, c in counts.items():
+            task, w = meta[sig]
+            _add(scores, why, task, weight * w * _REPEAT[min(c, 3) - 1], first[sig])
 
     ulower = user.lower()
     has_code = "```" in text
