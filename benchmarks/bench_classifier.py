@@ -7,8 +7,9 @@ Run from the repository root:
 Accuracy is printed per split of `tests/data/tasks.json` (see `tests/unit_tests/
 test_classify.py` for what each split means; `holdout3`, written by someone who never saw
 the classifier, is the honest figure for prompts it was not built on), plus a confusion list
-with `--misses`. Cost is wall time per call, median of repeated runs, for a typical one-line prompt, for the labelled prompts
-without attachments, and for one long-context prompt (where token counting dominates).
+with `--misses`. Cost is wall time per call, median of repeated runs, for a typical one-line
+prompt, for the labelled prompts without attachments, and for one long-context prompt (where
+token counting dominates).
 """
 
 from __future__ import annotations
