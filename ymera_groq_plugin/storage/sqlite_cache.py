@@ -62,6 +62,12 @@ CREATE INDEX IF NOT EXISTS ymera_cache_stored_at ON ymera_cache (stored_at);
 CREATE INDEX IF NOT EXISTS ymera_cache_expires_at ON ymera_cache (expires_at);
 """
 
+_UPSERT = (
+    "INSERT INTO ymera_cache (namespace, key, value, expires_at, stored_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
+    "value = excluded.value, expires_at = excluded.expires_at, stored_at = excluded.stored_at"
+)
+
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -285,13 +291,7 @@ class SqliteCacheStore:
             if ttl <= 0:
                 self._delete(conn, namespace, key)
                 return
-            conn.execute(
-                "INSERT INTO ymera_cache (namespace, key, value, expires_at, stored_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
-                "value = excluded.value, expires_at = excluded.expires_at, "
-                "stored_at = excluded.stored_at",
-                (namespace, key, value, now + ttl, now),
-            )
+            conn.execute(_UPSERT, (namespace, key, value, now + ttl, now))
             self._writes += 1
             if self._writes >= self._trim_every:
                 self._writes = 0
@@ -308,13 +308,7 @@ class SqliteCacheStore:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO ymera_cache (namespace, key, value, expires_at, stored_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
-                    "value = excluded.value, expires_at = excluded.expires_at, "
-                    "stored_at = excluded.stored_at",
-                    rows,
-                )
+                conn.executemany(_UPSERT, rows)
                 conn.executemany("DELETE FROM ymera_cache WHERE namespace = ? AND key = ?", gone)
                 self._writes += len(rows)
                 if self._writes >= self._trim_every:
