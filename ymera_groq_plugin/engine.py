@@ -634,11 +634,13 @@ class Engine:
         route = _Route(self, request, plan)
         while (grant := await route.next()) is not None:
             try:
-                return await self._complete(request, plan, grant, route.call_timeout())
+                return await self._complete(
+                    request, route.plan_so_far(), grant, route.call_timeout()
+                )
             except UpstreamError as exc:
                 await route.failed(grant, exc)
         if self.settings.fallback_models and route.may_fall_back():
-            return await self._fallback_call(request, plan, route.last_error)
+            return await self._fallback_call(request, route.plan_so_far(), route.last_error)
         raise route.error()
 
     async def _complete(
@@ -933,7 +935,9 @@ class Engine:
             while (grant := await route.next()) is not None:
                 emitted = False
                 try:
-                    async for event in self._stream_model(request, plan, grant, route):
+                    async for event in self._stream_model(
+                        request, route.plan_so_far(), grant, route
+                    ):
                         emitted = True
                         yield event
                         if event.result is not None and cache is not None and cacheable:
@@ -945,7 +949,7 @@ class Engine:
                         raise
                     await route.failed(grant, exc)
             if self.settings.fallback_models and route.may_fall_back():
-                result = await self._fallback_call(request, plan, route.last_error)
+                result = await self._fallback_call(request, route.plan_so_far(), route.last_error)
                 for event in self._replay(result):
                     yield event
                 return
@@ -1077,6 +1081,15 @@ class _Route:
         self.last_error: BaseException | None = None
         self.limited = False
         """Some model was out of quota or rate limited (the final error is a quota error)."""
+        self.notes: list[str] = []
+        """What the walk did off the plan's order (models without room, 429s), for the
+        answer's route reasons."""
+
+    def plan_so_far(self) -> Plan:
+        """The plan with the walk's notes added to its reasons."""
+        if not self.notes:
+            return self.plan
+        return dataclasses.replace(self.plan, reasons=(*self.plan.reasons, *self.notes))
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -1133,10 +1146,13 @@ class _Route:
             except RequestTooLargeError as exc:
                 self.last_error = exc
                 self.limited = True
+                self.notes.append(f"quota: {self.model} skipped: the request exceeds its TPM")
                 self._drop_model()
             except QuotaExhaustedError as exc:
                 self.last_error = exc
                 self.limited = True
+                room = f" (room in {exc.retry_after:.1f}s)" if exc.retry_after else ""
+                self.notes.append(f"quota: {self.model} had no room{room} → next model")
                 self._wait_for(self.model, exc.retry_after)
                 self._drop_model()
             except NoUsableKeyError as exc:
@@ -1155,6 +1171,10 @@ class _Route:
         self.last_error = exc
         if isinstance(exc, UpstreamRateLimitError):
             self.limited = True
+            self.notes.append(
+                f"groq: {exc.status_code} on {grant.model} for key {grant.key.label}"
+                + (" (request too large)" if exc.too_large else "")
+            )
             if exc.too_large:
                 self._drop_model()  # never this model again for this request
                 return

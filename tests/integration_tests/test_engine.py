@@ -138,9 +138,14 @@ def test_429_moves_to_the_other_org_then_the_next_model(rig_factory: Any) -> Non
     assert third.response_metadata["model_name"] == QWEN
     stats = r.server.stats()
     assert stats.rate_limited == {"RPM": 2}  # once per organisation, then the next model
+    # The answer's route says why it came from another model than the plan's first.
+    reasons = third.response_metadata["route"]["reasons"]
+    assert sum(f"groq: 429 on {A} for key" in why for why in reasons) == 2
     # Both organisations now cool down for A (retry-after ≈ 60 s): no call goes there.
     fourth = llm.invoke("fourth question")
     assert fourth.response_metadata["model_name"] == QWEN
+    assert any(why.startswith(f"quota: {A} had no room") for why in
+               fourth.response_metadata["route"]["reasons"])
     assert r.server.stats().rate_limited == {"RPM": 2}
     assert r.engine.stats.as_dict()["rate_limited_received"] == 2
     assert r.idle()
