@@ -90,11 +90,11 @@ _LATENCY_WINDOW = 2048
 _MIN_CALL_TIMEOUT = 0.05
 """Shortest upstream call worth starting; with less budget left the request gives up."""
 _CANCEL_GRACE = 5.0
+"""Seconds a cancelled caller waits for the portal side to give its reservation back."""
 # Learning records wait this long and go to the store together: written the moment an answer
 # was handed over, a record held the interpreter while the caller's thread woke, which cost a
 # cache miss about 0.2 ms (`benchmarks/bench_engine.py`). Feedback and `aflush` wait for them.
 _RECORD_DELAY = 0.02
-"""Seconds a cancelled caller waits for the portal side to give its reservation back."""
 _BACKOFF_BASE = 0.25
 _BACKOFF_MAX = 8.0
 

@@ -557,15 +557,22 @@ class _Accumulator:
 # ---------------------------------------------------------------------------------------------
 
 
+def _body_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation parameters that go into the request body."""
+    return {
+        name: value
+        for name, value in params.items()
+        # `None` is "unset", not JSON null (Groq rejects null for several parameters);
+        # stream, model and messages are decided by the transport call itself.
+        if value is not None and name not in ("stream", "model", "messages")
+    }
+
+
 def _split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`(sdk_kwargs, extra_body)`: known SDK parameters by name, the rest in `extra_body`."""
     known: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    for name, value in params.items():
-        if value is None:
-            continue  # "unset", not JSON null: Groq rejects null for several parameters
-        if name in ("stream", "model", "messages"):
-            continue  # decided by the transport call itself
+    for name, value in _body_params(params).items():
         (known if name in _SDK_PARAMS else extra)[name] = value
     return known, extra
 
@@ -717,14 +724,18 @@ class GroqTransport:
             UpstreamError: Or a subclass, as the module docstring's table says.
         """
         budget = self.timeout if timeout is None else float(timeout)
-        known, extra = _split_params(params)
         secret = key.secret.get_secret_value()
         # The SDK's per-call request transform and response model construction cost more
         # than the rest of the engine together (about 1.2 ms a call, `benchmarks/
         # bench_engine.py`); a non-streaming call is one JSON POST, so it goes straight
         # through the SDK's own httpx client. The SDK's exceptions never arise on this path,
         # so the status is mapped here with the same rules (`_status_error`).
-        payload = {**known, **extra, "model": model, "messages": list(messages), "stream": False}
+        payload = {
+            **_body_params(params),
+            "model": model,
+            "messages": list(messages),
+            "stream": False,
+        }
         try:
             content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError) as exc:

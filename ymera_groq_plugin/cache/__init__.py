@@ -151,7 +151,6 @@ class TieredCache(BaseCache):
         # The LangChain `lookup` fast path binds these once (see `LRUCache`).
         self._probe: Callable[[Any], Any] = l1.probe if l1 is not None else _NO_ENTRIES.get
         self._timer = l1.timer if l1 is not None else None
-        self.lookup = self._bind_lookup()  # type: ignore[method-assign, assignment]
 
     @classmethod
     def from_settings(cls, settings: YmeraSettings, *, clock: Clock = time.time) -> TieredCache:
@@ -667,23 +666,6 @@ class TieredCache(BaseCache):
             value: RETURN_VAL_TYPE = entry.value
             return value
         return self._lookup_lower(prompt, llm_string)
-
-    def _bind_lookup(self) -> Callable[[str, str], RETURN_VAL_TYPE | None]:
-        """`lookup` as a closure over its parts: an L1 hit then costs what
-        `InMemoryCache.lookup` does (`benchmarks/bench_cache.py`), with no attribute lookups
-        on `self`. Same behaviour as `TieredCache.lookup`."""
-        probe, namespace, timer = self._probe, self.namespace, self._timer
-        lower = self._lookup_lower
-
-        def lookup(prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-            entry = probe((namespace, prompt, llm_string))
-            if entry is not None and entry.expires_at > timer.now:  # type: ignore[union-attr]
-                entry.hits += 1
-                value: RETURN_VAL_TYPE = entry.value
-                return value
-            return lower(prompt, llm_string)
-
-        return lookup
 
     def _lookup_lower(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         hit, lower = self._lc_start(prompt, llm_string)

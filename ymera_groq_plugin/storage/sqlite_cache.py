@@ -68,6 +68,8 @@ _UPSERT = (
     "value = excluded.value, expires_at = excluded.expires_at, stored_at = excluded.stored_at"
 )
 
+_SELECT_ONE = "SELECT value, expires_at FROM ymera_cache WHERE namespace = ? AND key = ?"
+
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -236,10 +238,7 @@ class SqliteCacheStore:
             conn = self._reader()
             if conn is None:
                 return False
-            rows = conn.execute(
-                "SELECT value, expires_at FROM ymera_cache WHERE namespace = ? AND key = ?",
-                (namespace, key),
-            ).fetchall()
+            rows = conn.execute(_SELECT_ONE, (namespace, key)).fetchall()
         except sqlite3.Error:
             return False  # busy, corrupt, closed: the worker's path knows what to do
         if not rows:
@@ -261,10 +260,7 @@ class SqliteCacheStore:
             return found  # type: ignore[return-value]
 
         def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT value, expires_at FROM ymera_cache WHERE namespace = ? AND key = ?",
-                (namespace, key),
-            ).fetchone()
+            row = conn.execute(_SELECT_ONE, (namespace, key)).fetchone()
             if row is None:
                 return None
             raw, expires_at = row
