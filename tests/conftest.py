@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import pytest
 
 from ymera_groq_plugin.testing import FakeClock, RedisServer
+from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, RedisSentinelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,50 @@ def redis_url(redis_server: Any) -> str:
     finally:
         client.close()
     return str(redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A real 3-primary Redis Cluster for the whole session (same binary as `redis_server`;
+    the launcher assigns the slots). Started on first use only."""
+    cluster = RedisClusterServer(primaries=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServer) -> str:
+    """The `redis+cluster://` URL of the session's cluster, every node running, emptied."""
+    for node in redis_cluster.nodes:
+        if not node.running:
+            node.start()
+    redis_cluster.wait_ok()
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelServer]:
+    """A real Sentinel group (one primary, one replica, one Sentinel) for the whole session."""
+    group = RedisSentinelServer()
+    group.start()
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+@pytest.fixture
+def redis_sentinel_url(redis_sentinel: RedisSentinelServer) -> str:
+    """The `redis+sentinel://` URL of the session's group, its current primary emptied."""
+    for server in redis_sentinel.servers:
+        if not server.running:
+            server.start()
+    redis_sentinel.flushall()
+    return redis_sentinel.url
 
 
 @pytest.fixture

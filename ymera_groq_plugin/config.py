@@ -156,7 +156,8 @@ class YmeraSettings(BaseSettings):
     )
     """Groq's base URL (the SDK appends `/openai/v1/...`)."""
     redis_url: str | None = None
-    """`redis://…`, `rediss://…` or `unix://…`; absent: embedded mode (no server needed)."""
+    """`redis://…`, `rediss://…`, `unix://…`, `redis+cluster://h:p[,h:p…]` or
+    `redis+sentinel://h:p[,h:p…]/service[/db]`; absent: embedded mode (no server needed)."""
     data_dir: Path = Field(default_factory=_default_data_dir)
     """Where the persistent cache tier and the learning store live."""
     namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -243,15 +244,12 @@ class YmeraSettings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        parsed = urlparse(value)
-        if parsed.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
-        if parsed.scheme != "unix" and not parsed.hostname:
-            raise ValueError("the Redis URL has no host")
+        from .storage.redis_url import parse_redis_url
+
         try:
-            _ = parsed.port
-        except ValueError:
-            raise ValueError("the Redis URL has an invalid port") from None
+            parse_redis_url(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("alert_thresholds", "fallback_models", mode="before")
@@ -293,10 +291,9 @@ class YmeraSettings(BaseSettings):
 
 
 def _hide_password(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+    from .storage.redis_url import mask_redis_url
+
+    return mask_redis_url(url)
 
 
 def _configuration_error(exc: ValidationError, given: set[str]) -> ConfigurationError:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
+from tests.utils import REDIS_BACKENDS, redis_url_for
 from ymera_groq_plugin.cache.base import CacheStore
 from ymera_groq_plugin.errors import StorageError
 from ymera_groq_plugin.storage import store_from_url
@@ -18,10 +19,7 @@ from ymera_groq_plugin.storage.redis_cache import RedisCacheStore
 from ymera_groq_plugin.storage.sqlite_cache import SqliteCacheStore
 from ymera_groq_plugin.testing import FakeClock
 
-CACHE_BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("redis", marks=pytest.mark.redis, id="redis"),
-]
+CACHE_BACKENDS = [pytest.param("sqlite", id="sqlite"), *REDIS_BACKENDS]
 
 
 @pytest.fixture(params=CACHE_BACKENDS)
@@ -36,7 +34,7 @@ async def make_store(
         if request.param == "sqlite":
             store = SqliteCacheStore(tmp_path / "cache.db", max_entries=max_entries, clock=clock)
         else:
-            url = request.getfixturevalue("redis_url")
+            url = redis_url_for(request, request.param)
             store = RedisCacheStore.from_url(url, max_entries=max_entries, clock=clock)
         made.append(store)
         return store

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.utils import REDIS_BACKENDS, redis_url_for
 from ymera_groq_plugin.errors import InvalidRequestError, StorageError
 from ymera_groq_plugin.storage import store_from_url
 from ymera_groq_plugin.storage.learning_base import LearningStore
@@ -19,7 +20,7 @@ from ymera_groq_plugin.types import Execution
 BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
-    pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+    *REDIS_BACKENDS,
 ]
 
 StoreFactory = Callable[..., LearningStore]
@@ -38,7 +39,7 @@ async def make_store(
     elif backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'learning.db'}"
     else:
-        url = request.getfixturevalue("redis_url")
+        url = redis_url_for(request, backend)
 
     def factory(namespace: str = "default") -> LearningStore:
         store: LearningStore = store_from_url("learning", url, namespace=namespace)
@@ -68,7 +69,8 @@ def ex(i: int, *, model: str = "m1", ts: float = 1_000.0, **kw: Any) -> Executio
 
 async def test_url_picks_the_backend_class(make_store: StoreFactory) -> None:
     store = make_store()
-    expected = RedisLearningStore if make_store.backend == "redis" else SqliteLearningStore  # type: ignore[attr-defined]
+    embedded = make_store.backend in ("memory", "sqlite")  # type: ignore[attr-defined]
+    expected = SqliteLearningStore if embedded else RedisLearningStore
     assert isinstance(store, expected)
     assert isinstance(store, LearningStore)
     assert await store.check() is True

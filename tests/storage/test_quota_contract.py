@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.utils import all_backends
+from tests.utils import all_backends, redis_url_for
 from ymera_groq_plugin.storage import store_from_url
 from ymera_groq_plugin.storage.memory import MemoryKeyStateStore, MemoryQuotaStore
 from ymera_groq_plugin.storage.quota_base import (
@@ -37,7 +37,7 @@ async def quota(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Q
     if backend == "memory":
         store: Any = store_from_url("quota", "memory://")
     else:
-        url = request.getfixturevalue("redis_url")
+        url = redis_url_for(request, backend)
         store = store_from_url("quota", url, namespace="contract")
     try:
         yield store
@@ -50,7 +50,7 @@ async def keystore(backend: str, request: pytest.FixtureRequest) -> AsyncIterato
     if backend == "memory":
         store: Any = store_from_url("keys", "memory://")
     else:
-        url = request.getfixturevalue("redis_url")
+        url = redis_url_for(request, backend)
         store = store_from_url("keys", url, namespace="contract")
     try:
         yield store

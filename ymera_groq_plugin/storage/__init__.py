@@ -1,4 +1,6 @@
-"""Storage backends, picked by URL: `memory://`, `sqlite:///path/to/file.db`, `redis://host/0`."""
+"""Storage backends, picked by URL: `memory://`, `sqlite:///path/to/file.db`, `redis://host/0`
+(also `redis+cluster://h1:p1,h2:p2` and `redis+sentinel://h1:p1,h2:p2/service`: see
+`storage.redis_url`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from ..errors import ConfigurationError
 from .base import KEY_PREFIX, astorage_errors, dumps, loads, redis_client, storage_errors
 from .learning_base import LearningStore
 from .quota_base import KeyStateStore, QuotaStore
+from .redis_url import mask_redis_url
 
 __all__ = [
     "KEY_PREFIX",
@@ -45,6 +48,10 @@ _SCHEMES = {
     "redis": "redis",
     "rediss": "redis",
     "unix": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
+    "redis+sentinel": "redis",
+    "rediss+sentinel": "redis",
 }
 
 
@@ -65,7 +72,7 @@ def store_from_url(concern: Concern, url: str, **kwargs: Any) -> Any:
     if target is None:
         options = sorted(s for (c, s) in _STORES if c == concern)
         raise ConfigurationError(
-            f"No {concern} store for URL scheme {scheme!r} in {url!r}; use one of: "
+            f"No {concern} store for URL scheme {scheme!r} in {mask_redis_url(url)!r}; use one of: "
             + ", ".join(f"{s}://" for s in options)
         )
     module_name, _, cls_name = target.partition(":")

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import StorageError
 
@@ -26,6 +26,7 @@ __all__ = [
     "KEY_PREFIX",
     "astorage_errors",
     "dumps",
+    "is_cluster",
     "loads",
     "redis_client",
     "storage_errors",
@@ -96,11 +97,20 @@ def loads(text: str | bytes) -> Any:
 
 
 def redis_client(url: str, **kwargs: Any) -> Redis:
-    """A `redis.asyncio.Redis` for a URL, with short timeouts so an outage fails fast.
+    """A Redis client for a URL, with short timeouts so an outage fails fast.
+
+    `redis://`, `rediss://` and `unix://` give a `redis.asyncio.Redis`; `redis+cluster://`
+    (`rediss+cluster://`) a `redis.asyncio.cluster.RedisCluster` over the listed startup nodes;
+    `redis+sentinel://` (`rediss+sentinel://`) the master of a Sentinel service, re-resolved
+    after a failover (see `storage.redis_url` for the forms).
 
     Raises:
-        ConfigurationError: The `redis` extra is not installed.
+        ConfigurationError: The URL is malformed (named with its password masked), or the
+            `redis` extra is not installed.
     """
+    from .redis_url import client_options, parse_redis_url
+
+    target = parse_redis_url(url)
     try:
         from redis.asyncio import Redis
     except ImportError:
@@ -116,5 +126,58 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
         "health_check_interval": 15,
         "decode_responses": False,
     }
+    if target.topology == "server":
+        options.update(kwargs)
+        return Redis.from_url(url, **options)
+    options.update(client_options(target))
     options.update(kwargs)
-    return Redis.from_url(url, **options)
+    if target.topology == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes], **options
+        )
+        # The stores use the commands both clients share (scripts, pipelines, scans, single
+        # keys), so they are typed against `Redis`.
+        return cast("Redis", cluster)
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel_kwargs.update(dict(target.sentinel_auth))
+    sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_kwargs, **options)
+    assert target.service is not None  # parse_redis_url requires it
+    client: Redis = sentinel.master_for(target.service, redis_class=_sentinel_redis_class())
+    client._ymera_sentinel = sentinel  # type: ignore[attr-defined]
+    return client
+
+
+_SENTINEL_REDIS: type[Redis] | None = None
+
+
+def _sentinel_redis_class() -> type[Redis]:
+    """A `Redis` whose `aclose` also closes the Sentinel connections it found its master
+    through (redis-py leaves those open)."""
+    global _SENTINEL_REDIS
+    if _SENTINEL_REDIS is None:
+        from redis.asyncio import Redis
+
+        class SentinelRedis(Redis):
+            async def aclose(self, close_connection_pool: bool | None = None) -> None:
+                try:
+                    await super().aclose(close_connection_pool)
+                finally:
+                    sentinel = getattr(self, "_ymera_sentinel", None)
+                    for s in getattr(sentinel, "sentinels", ()):
+                        await s.aclose()
+
+        _SENTINEL_REDIS = SentinelRedis
+    return _SENTINEL_REDIS
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether a client is a `RedisCluster` (keys of one command must share a slot)."""
+    try:
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:
+        return False
+    return isinstance(client, RedisCluster)

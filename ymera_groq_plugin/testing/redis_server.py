@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -45,13 +46,19 @@ class RedisServer:
         port: The port; default: a free one.
         binary: The `redis-server` path; default: `find_redis_server()`.
         workdir: Where the server runs; default: a temporary directory.
+        args: More `redis-server` options (`--cluster-enabled`, `yes`, …), after the defaults.
 
     Raises:
         RuntimeError: No binary is found, or the server does not come up.
     """
 
     def __init__(
-        self, port: int | None = None, *, binary: str | None = None, workdir: Path | None = None
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        workdir: Path | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         exe = binary or find_redis_server()
         if exe is None:
@@ -66,6 +73,7 @@ class RedisServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="ymera-redis-")
             workdir = Path(self._tmp.name)
         self.workdir = workdir
+        self.args = tuple(args)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,25 +89,7 @@ class RedisServer:
         if self.running:
             return self
         self._proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "yes",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -110,6 +100,26 @@ class RedisServer:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+            *self.args,
+        ]
 
     def _ping(self) -> bool:
         try:
