@@ -21,7 +21,8 @@
                   "processes", "latency_histogram"},
   "learning":    {"agent:task": {"model", "score", "executions", "cell_executions"}},
   "storage":     {"quota"|"keys"|"learning": {"state": "ok" | "degraded", "outages",
-                  "recoveries", "local_share" (quota), "pending" (learning)}},
+                  "recoveries", "topology": "server" | "cluster" | "sentinel", "last_error",
+                  "local_share" (quota), "pending" (learning)}},
   "alerts":      [{"level", "source", "message", "fraction", "threshold", …}],   # active now
   "recent_alerts": [...],                    # threshold crossings this process saw (events)
   "totals":      {...},                      # counters since start, for Prometheus counters
@@ -71,6 +72,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .storage.base import KEY_PREFIX, astorage_errors, dumps, loads, redis_client
+from .storage.redis_url import redis_topology
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -845,6 +847,9 @@ def _storage(engine: Engine) -> dict[str, Any]:
     until it is back; see `storage.resilient`)."""
     out: dict[str, Any] = {}
     stores: dict[str, Any] = {}
+    # "server", "cluster" or "sentinel": what "unreachable" means (a primary failing over, a
+    # Sentinel switch, or the one server gone).
+    topology = redis_topology(engine.settings.redis_url)
     with contextlib.suppress(Exception):  # before start, or without a learner
         stores["quota"] = engine.quota.ledger.store
         stores["keys"] = engine.quota.pool.store
@@ -856,6 +861,9 @@ def _storage(engine: Engine) -> dict[str, Any]:
         if degraded is not None:  # a Redis store behind its local fallback
             entry["outages"] = int(getattr(store, "outages", 0) or 0)
             entry["recoveries"] = int(getattr(store, "recoveries", 0) or 0)
+            entry["topology"] = topology
+            if last_error := getattr(store, "last_error", None):
+                entry["last_error"] = str(last_error)
         if name == "quota" and hasattr(store, "share"):
             entry["local_share"] = round(float(store.share), 4)
         if name == "learning" and hasattr(store, "pending"):

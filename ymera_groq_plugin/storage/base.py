@@ -41,7 +41,11 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
     try:
         import redis.exceptions
 
-        errors.append(redis.exceptions.RedisError)
+        # Cluster failures outside `RedisError`: no reachable startup node, a slot no primary
+        # serves (a failed primary with no replica), a cross-slot transaction.
+        # `ClusterDownError`, `MasterDownError`, `TryAgainError`, `MovedError`/`AskError`
+        # (after redis-py's own retries) and Sentinel's `MasterNotFoundError` are `RedisError`s.
+        errors += [redis.exceptions.RedisError, redis.exceptions.RedisClusterException]
     except ImportError:  # the redis extra is not installed
         pass
     return tuple(errors)

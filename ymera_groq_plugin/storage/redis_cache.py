@@ -8,6 +8,14 @@ ymera:<namespace>:cache:{<namespace>}:e:<key>   string: the entry's JSON text, P
 ymera:<namespace>:cache:{<namespace>}:idx       zset: key -> expiry (the caller's clock)
 ```
 
+On a Redis Cluster with a large bound (`max_entries` ≥ 16 × 1024, the default 100,000
+included), a namespace is split into 16 shards, `{<namespace>|0}` … `{<namespace>|f}`, by a
+CRC-32 of the entry's key: each shard has its own index and a 16th of the bound, so one
+namespace's cache traffic spreads over 16 slots (and so over every primary) instead of loading
+one. Eviction is then oldest-first within a shard, which for thousands of uniformly hashed
+keys per shard is the oldest overall within a few entries. Small bounds keep one index (exact
+eviction order); a single server always does.
+
 Expiry is judged by the injected clock (`now` is passed to every script), so tests move time
 instead of sleeping; each entry also carries a Redis `PX` TTL so memory is reclaimed when no
 one reads it again. Each multi-step operation is one Lua script (`lua/cache_*.lua`), registered
@@ -23,11 +31,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from ..errors import ConfigurationError
-from .base import KEY_PREFIX, astorage_errors, lua_script
+from .base import KEY_PREFIX, astorage_errors, is_cluster, lua_script
 from .redis_quota import fast_failing_client
 
 if TYPE_CHECKING:
@@ -39,6 +48,9 @@ __all__ = ["RedisCacheStore"]
 logger = logging.getLogger(__name__)
 
 _CLEAR_BATCH = 500
+_SHARDS = 16
+_SHARD_MIN = 1024
+"""Entries per shard below which a namespace keeps one index (exact eviction order)."""
 
 
 
@@ -77,6 +89,8 @@ class RedisCacheStore:
         self._set: AsyncScript = client.register_script(lua_script("cache_set.lua"))
         self._delete: AsyncScript = client.register_script(lua_script("cache_delete.lua"))
         self._clear: AsyncScript = client.register_script(lua_script("cache_clear.lua"))
+        self._shards = _SHARDS if is_cluster(client) and max_entries >= _SHARDS * _SHARD_MIN else 1
+        self._bound = math.ceil(max_entries / self._shards)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisCacheStore:
@@ -88,14 +102,16 @@ class RedisCacheStore:
         return cls(fast_failing_client(url, **kwargs), **store_kwargs)
 
     def __repr__(self) -> str:
-        return f"<RedisCacheStore max_entries={self.max_entries}>"
+        shards = f" shards={self._shards}" if self._shards > 1 else ""
+        return f"<RedisCacheStore max_entries={self.max_entries}{shards}>"
 
-    @staticmethod
-    def _base(namespace: str) -> str:
-        return f"{KEY_PREFIX}{namespace}:cache:{{{_tag(namespace)}}}:"
+    def _base(self, namespace: str, shard: int = 0) -> str:
+        tag = _tag(namespace) if self._shards == 1 else f"{_tag(namespace)}|{shard:x}"
+        return f"{KEY_PREFIX}{namespace}:cache:{{{tag}}}:"
 
     def _keys(self, namespace: str, key: str) -> tuple[list[str], str]:
-        base = self._base(namespace)
+        shard = zlib.crc32(key.encode("utf-8", "surrogatepass")) % self._shards
+        base = self._base(namespace, shard)
         return [f"{base}e:{key}", f"{base}idx"], f"{base}e:"
 
     # -- CacheStore ------------------------------------------------------------------------
@@ -128,7 +144,7 @@ class RedisCacheStore:
                     repr(now),
                     repr(now + ttl),
                     str(max(1, math.ceil(ttl * 1000))),
-                    str(self.max_entries),
+                    str(self._bound),
                     prefix,
                 ],
             )
@@ -139,17 +155,23 @@ class RedisCacheStore:
             await self._delete(keys=keys, args=[key])
 
     async def clear(self, namespace: str) -> None:
-        base = self._base(namespace)
         async with astorage_errors("redis", "cache clear"):
-            # In batches, so one huge namespace never blocks the server for long.
-            while await self._clear(keys=[f"{base}idx"], args=[f"{base}e:", str(_CLEAR_BATCH)]):
-                pass
+            for shard in range(self._shards):
+                base = self._base(namespace, shard)
+                # In batches, so one huge namespace never blocks the server for long.
+                while await self._clear(
+                    keys=[f"{base}idx"], args=[f"{base}e:", str(_CLEAR_BATCH)]
+                ):
+                    pass
 
     async def size(self, namespace: str | None = None) -> int:
         now = f"({float(self._clock())!r}"
         async with astorage_errors("redis", "cache size"):
             if namespace is not None:
-                return int(await self._client.zcount(f"{self._base(namespace)}idx", now, "+inf"))
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for shard in range(self._shards):
+                        pipe.zcount(f"{self._base(namespace, shard)}idx", now, "+inf")
+                    return sum(int(n) for n in await pipe.execute())
             total = 0
             async for index in self._client.scan_iter(
                 match=f"{KEY_PREFIX}*:cache:{{*}}:idx", count=500

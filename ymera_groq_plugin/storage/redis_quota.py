@@ -232,15 +232,27 @@ class RedisQuotaStore:
         """`get` for several pairs in one pipelined round trip."""
         if not items:
             return []
-        async with (
-            astorage_errors("redis", "quota get"),
-            self._client.pipeline(transaction=False) as pipe,
-        ):
-            for org, model, defaults in items:
-                await self._reserve(
-                    keys=self._keys(org, model), args=self._peek_args(defaults, now), client=pipe
-                )
-            replies = await pipe.execute()
+        from redis.exceptions import NoScriptError
+
+        async with astorage_errors("redis", "quota get"):
+            for attempt in (1, 2):
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for org, model, defaults in items:
+                            await self._reserve(
+                                keys=self._keys(org, model),
+                                args=self._peek_args(defaults, now),
+                                client=pipe,
+                            )
+                        replies = await pipe.execute()
+                    break
+                except NoScriptError:
+                    # A cluster pipeline sends EVALSHA as is (a plain one loads its scripts
+                    # first): a node that never ran the script, or a replica promoted since,
+                    # does not know it. SCRIPT LOAD goes to every primary of a cluster.
+                    if attempt == 2:
+                        raise
+                    await self._client.script_load(self._reserve.script)
         return [_state(_reply(r)) for r in replies]
 
     async def clear(self) -> None:

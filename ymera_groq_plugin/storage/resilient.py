@@ -153,6 +153,10 @@ class _Fallback:
         """Times the primary became unreachable."""
         self.recoveries = 0
         """Times it came back and was brought up to date."""
+        self.last_error: str | None = None
+        """What made it unreachable last (`"<operation>: <error type>: <message>"`), e.g. a
+        cluster primary's `ConnectionError` before its replica took over, or Sentinel's
+        `MasterNotFoundError` during a switch."""
 
     @property
     def degraded(self) -> bool:
@@ -160,6 +164,7 @@ class _Fallback:
         return not self.breaker.closed
 
     def _failed(self, operation: str, exc: BaseException) -> None:
+        self.last_error = f"{operation}: {exc}"[:300]
         if self.breaker.trip():
             self.outages += 1
             logger.warning(
@@ -389,6 +394,10 @@ class ResilientQuotaStore:
     @property
     def recoveries(self) -> int:
         return self._fb.recoveries
+
+    @property
+    def last_error(self) -> str | None:
+        return self._fb.last_error
 
     @property
     def share(self) -> float:
@@ -1040,6 +1049,10 @@ class ResilientKeyStateStore:
     def degraded(self) -> bool:
         return self._fb.degraded
 
+    @property
+    def last_error(self) -> str | None:
+        return self._fb.last_error
+
     async def recover(self) -> bool:
         return await self._fb.recover()
 
@@ -1179,6 +1192,10 @@ class ResilientLearningStore:
     @property
     def degraded(self) -> bool:
         return self._fb.degraded
+
+    @property
+    def last_error(self) -> str | None:
+        return self._fb.last_error
 
     @property
     def pending(self) -> int:
