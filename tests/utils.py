@@ -30,4 +30,5 @@ def redis_url_for(request: pytest.FixtureRequest, backend: str) -> str:
     """The URL of an emptied, running Redis deployment of kind `backend` (a Redis param id)."""
     return str(request.getfixturevalue(_URL_FIXTURES[backend]))
 
+
 all_backends = pytest.mark.parametrize("backend", ALL_BACKENDS)

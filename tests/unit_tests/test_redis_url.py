@@ -16,7 +16,11 @@ from ymera_groq_plugin.storage.redis_url import (
 
 
 def test_single_server_forms_are_left_to_redis_py() -> None:
-    for url in ("redis://localhost:6379/0", "rediss://:pw@cache.example:6380/2", "unix:///tmp/r.sock?db=1"):
+    for url in (
+        "redis://localhost:6379/0",
+        "rediss://:pw@cache.example:6380/2",
+        "unix:///tmp/r.sock?db=1",
+    ):
         target = parse_redis_url(url)
         assert target.topology == "server" and target.nodes == ()
     assert parse_redis_url("rediss://h").tls is True

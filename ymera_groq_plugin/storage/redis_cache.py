@@ -159,9 +159,7 @@ class RedisCacheStore:
             for shard in range(self._shards):
                 base = self._base(namespace, shard)
                 # In batches, so one huge namespace never blocks the server for long.
-                while await self._clear(
-                    keys=[f"{base}idx"], args=[f"{base}e:", str(_CLEAR_BATCH)]
-                ):
+                while await self._clear(keys=[f"{base}idx"], args=[f"{base}e:", str(_CLEAR_BATCH)]):
                     pass
 
     async def size(self, namespace: str | None = None) -> int:

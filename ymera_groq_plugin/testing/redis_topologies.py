@@ -219,11 +219,11 @@ class RedisClusterServer:
         for k, node in enumerate(self.nodes[self.primaries :]):
             primary_id = ids[k % self.primaries]
             # A replica can follow a primary only once it knows it through the gossip.
-            _wait(
-                _quiet(lambda n=node, p=primary_id: p in _text(_call(n.port, "CLUSTER", "NODES"))),
-                "a replica to learn its primary",
-                10,
-            )
+
+            def knows(port: int = node.port, wanted: str = primary_id) -> bool:
+                return wanted in _text(_call(port, "CLUSTER", "NODES"))
+
+            _wait(_quiet(knows), "a replica to learn its primary", 10)
             _call(node.port, "CLUSTER", "REPLICATE", primary_id)
 
     def _ok(self) -> bool:
@@ -437,4 +437,3 @@ class RedisSentinelServer:
 
     def __repr__(self) -> str:
         return f"<RedisSentinelServer {self.service} sentinel 127.0.0.1:{self.sentinel.port}>"
-
