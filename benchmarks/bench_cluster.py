@@ -1,0 +1,207 @@
+"""What a quota decision costs on a Redis Cluster and behind Sentinel, beside one Redis.
+
+Run: `python benchmarks/bench_cluster.py` (starts its own redis-server, a 3-primary cluster
+and a Sentinel group from the same binary; no network, no keys).
+
+For each deployment, measured in the same run on the same machine:
+
+- `reserve+settle`: the bare `RedisQuotaStore` calls (one Lua script each) for one
+  (organisation, model), median and 99th percentile of single calls, and the best-of mean;
+- `acquire+settle`: `QuotaManager.acquire` (choose the organisation with most headroom and
+  reserve all four limits) plus `settle` with Groq's headers folded in, best-of mean;
+- round trips the client sent per reserve+settle (`EVALSHA` and any other command, counted by
+  every primary's `INFO commandstats`, so a redirection or a retry would show);
+- throughput with 32 concurrent reserve+settle pairs over 12 (organisation, model) pairs.
+
+Ratios are against the single Redis, the alternative a user would otherwise keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+from pydantic import SecretStr
+
+from ymera_groq_plugin.catalog import load_catalog
+from ymera_groq_plugin.config import ApiKey
+from ymera_groq_plugin.quota import QuotaManager
+from ymera_groq_plugin.storage.redis_quota import RedisKeyStateStore, RedisQuotaStore
+from ymera_groq_plugin.testing import RedisServer
+from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, RedisSentinelServer
+from ymera_groq_plugin.types import RateLimits, Usage
+
+MODEL = "openai/gpt-oss-20b"
+USAGE = Usage(prompt_tokens=20, completion_tokens=12, total_tokens=32)
+HEADERS = RateLimits(
+    limit_requests=10**9,
+    remaining_requests=10**9 - 1,
+    reset_requests=0.1,
+    limit_tokens=10**9,
+    remaining_tokens=10**9 - 20,
+    reset_tokens=0.1,
+)
+LIMITS = (10**9, 10**9, 10**9, 10**9)
+REPEATS = 7
+N = 300
+SAMPLES = 2000
+CONCURRENCY = 32
+
+
+def _catalog() -> Any:
+    big = {"rpm": 10**9, "rpd": 10**9, "tpm": 10**9, "tpd": 10**9}
+    return load_catalog(overrides=[{"id": MODEL, "limits": big}])
+
+
+def _keys() -> list[ApiKey]:
+    return [
+        ApiKey(secret=SecretStr(f"gsk_clusterbenchkeyxxxxxxx{n:04d}"), label=f"key{n}")
+        for n in range(1, 4)
+    ]
+
+
+async def _best_of(n: int, body: Callable[[], Awaitable[None]]) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(n):
+            await body()
+        best = min(best, (time.perf_counter() - start) / n * 1e6)
+    return best
+
+
+def _commands(ports: list[int], reset: bool = False) -> int:
+    """Commands clients sent to these servers (scripts' inner commands excluded)."""
+    total = 0
+    for port in ports:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            if reset:
+                client.config_resetstat()
+                continue
+            for name, stat in client.info("commandstats").items():
+                command = name.removeprefix("cmdstat_")
+                # Commands a script runs inside Redis are counted too; the client sends only
+                # EVALSHA/EVAL, SCRIPT, CLUSTER, PING and the benchmark's own INFO/CONFIG.
+                if command.startswith(("evalsha", "eval", "script", "cluster", "ping")):
+                    total += int(stat["calls"])
+        finally:
+            client.close()
+    return total
+
+
+async def bench(url: str, ports: Callable[[], list[int]]) -> dict[str, float]:
+    store = RedisQuotaStore.from_url(url, namespace="bench")
+    counter = iter(range(10**9))
+
+    async def pair(org: str = "org_a", model: str = MODEL) -> None:
+        rid = f"r{next(counter)}"
+        now = time.time()
+        await store.reserve(
+            org,
+            model,
+            reservation_id=rid,
+            requests=1,
+            tokens=20,
+            defaults=LIMITS,
+            now=now,
+            ttl=600.0,
+        )
+        await store.settle(
+            org, model, reservation_id=rid, requests=1, tokens=32, defaults=LIMITS, now=now
+        )
+
+    await pair()  # connect, discover the slots, load the scripts
+    mean = await _best_of(N, pair)
+    samples = []
+    for _ in range(SAMPLES):
+        start = time.perf_counter()
+        await pair()
+        samples.append((time.perf_counter() - start) * 1e6)
+    samples.sort()
+    _commands(ports(), reset=True)
+    for _ in range(N):
+        await pair()
+    trips = _commands(ports()) / N
+
+    pairs = [(f"org_{n % 3}", f"model-{n}") for n in range(12)]
+    for org, model in pairs:
+        await pair(org, model)
+
+    async def lane(k: int, count: int) -> None:
+        for i in range(count):
+            org, model = pairs[(k + i) % len(pairs)]
+            await pair(org, model)
+
+    best_rate = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        await asyncio.gather(*(lane(k, 50) for k in range(CONCURRENCY)))
+        best_rate = max(best_rate, CONCURRENCY * 50 / (time.perf_counter() - start))
+    await store.aclose()
+
+    manager = QuotaManager(
+        _keys(),
+        _catalog(),
+        quota_store=RedisQuotaStore.from_url(url, namespace="bench"),
+        key_store=RedisKeyStateStore.from_url(url, namespace="bench"),
+        clock=time.time,
+    )
+
+    async def acquire_settle() -> None:
+        grant = await manager.acquire(MODEL, 20)
+        await manager.settle(grant, USAGE, HEADERS)
+
+    await acquire_settle()
+    managed = await _best_of(N, acquire_settle)
+    assert await manager.idle()
+    await manager.aclose()
+    return {
+        "reserve+settle mean": mean,
+        "reserve+settle p50": statistics.median(samples),
+        "reserve+settle p99": samples[int(len(samples) * 0.99)],
+        "round trips": trips,
+        "pairs/s at 32 concurrent": best_rate,
+        "acquire+settle mean": managed,
+    }
+
+
+def main() -> None:
+    print(
+        f"Python {sys.version.split()[0]} on {platform.machine()}, redis-py {redis.__version__}; "
+        f"best of {REPEATS} x {N} for means, {SAMPLES} single calls for percentiles"
+    )
+    with RedisServer() as single:
+        version = redis.Redis(port=single.port).info("server")["redis_version"]
+        results = {"single Redis": asyncio.run(bench(single.url, lambda: [single.port]))}
+    with RedisClusterServer(primaries=3) as cluster:
+        results["cluster (3 primaries)"] = asyncio.run(bench(cluster.url, cluster.primary_ports))
+    with RedisSentinelServer() as group:
+        results["Sentinel (1+1)"] = asyncio.run(bench(group.url, lambda: [group.master_port()]))
+    print(f"redis-server {version}, all on loopback\n")
+    names = list(results)
+    metrics = list(results[names[0]])
+    print(f"{'':28}" + "".join(f"{n:>24}" for n in names))
+    for metric in metrics:
+        unit = "" if metric in ("round trips", "pairs/s at 32 concurrent") else " µs"
+        row = f"{metric + unit:28}"
+        base = results[names[0]][metric]
+        for n in names:
+            value = results[n][metric]
+            ratio = "" if n == names[0] else f" ({value / base:.2f}x)"
+            row += f"{value:>16.1f}{ratio:>8}" if n != names[0] else f"{value:>24.1f}"
+        print(row)
+    print("\n(x): the deployment's figure divided by the single Redis's (lower is better for")
+    print("times and round trips; higher is better for pairs/s)")
+
+
+if __name__ == "__main__":
+    main()
