@@ -1,5 +1,5 @@
-"""The fleet on a Redis Cluster: processes share quota through it, and a primary that dies in
-the middle of a run fails over without the run noticing.
+"""The fleet on a Redis Cluster and behind Sentinel: processes share quota through a cluster,
+and a primary that dies in the middle of a run fails over without the run noticing.
 
 1. Two worker processes (the soak of `soak.py`) share one quota ledger through a 3-primary
    cluster in front of the local Groq server: no 429, nothing lost or answered twice.
@@ -10,13 +10,17 @@ the middle of a run fails over without the run noticing.
    every request gets an answer or a typed error, the server never answers 429, the stores
    reconcile, and the snapshot's `storage` section says what happened (the topology, the outage,
    the error).
+3. The same with a Sentinel group (one primary, one replica): the primary is stopped and the
+   Sentinel, on its own, promotes the replica after `down-after-milliseconds` (1 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +28,7 @@ import pytest
 from ymera_groq_plugin.errors import YmeraError
 from ymera_groq_plugin.monitor import monitor_for
 from ymera_groq_plugin.testing import FakeClock
-from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer
+from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, RedisSentinelServer
 from ymera_groq_plugin.testing.server import GroqTestServer
 
 from .conftest import KEYS, MODEL, Ticker, catalog_with, closing, make_engine, on_portal
@@ -60,11 +64,70 @@ def replicated_cluster() -> Iterator[RedisClusterServer]:
         cluster.close()
 
 
+@pytest.fixture(scope="module")
+def sentinel_group() -> Iterator[RedisSentinelServer]:
+    """One primary, one replica and a Sentinel of this module's own (a test stops the
+    primary)."""
+    group = RedisSentinelServer()
+    group.start()
+    try:
+        yield group
+    finally:
+        group.close()
+
+
 async def test_a_cluster_primary_fails_over_mid_run_and_the_run_goes_on(
     replicated_cluster: RedisClusterServer, tmp_path: Path
 ) -> None:
     cluster = replicated_cluster
-    url = cluster.url
+    # The primary serving org_a's pair for the model: where most traffic goes.
+    victim = cluster.node_for_key(f"ymera:default:quota:{{org_a|{MODEL}}}:b")
+    before = cluster.primary_ports()
+
+    def fail_over() -> None:
+        victim.stop()
+        cluster.wait_primaries(3)
+        assert cluster.primary_ports() != before  # a replica was promoted
+
+    def heal() -> None:
+        # The old primary comes back as a replica of the one that took its place.
+        victim.start()
+        cluster.wait_ok()
+
+    await _run_through_failover(cluster.url, "cluster", fail_over, heal, tmp_path)
+
+
+async def test_a_sentinel_primary_fails_over_mid_run_and_the_run_goes_on(
+    sentinel_group: RedisSentinelServer, tmp_path: Path
+) -> None:
+    group = sentinel_group
+    victim = group.primary()
+
+    def fail_over() -> None:
+        victim.stop()
+        # No SENTINEL FAILOVER here: the Sentinel must notice the silence itself.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if group.master_port() != victim.port:
+                    return
+            time.sleep(0.05)
+        pytest.fail("the Sentinel never promoted the replica")
+
+    def heal() -> None:
+        # Back as a replica once the Sentinel reconfigures it (seconds; nothing waits on it).
+        victim.start()
+
+    await _run_through_failover(group.url, "sentinel", fail_over, heal, tmp_path)
+
+
+async def _run_through_failover(
+    url: str,
+    topology: str,
+    fail_over: Callable[[], None],
+    heal: Callable[[], None],
+    tmp_path: Path,
+) -> None:
     clock = FakeClock(1_800_000_000.0)
     catalog = catalog_with(LIMITS)
     with GroqTestServer(KEYS, limits={MODEL: LIMITS}, clock=clock) as server, Ticker(clock):
@@ -84,14 +147,9 @@ async def test_a_cluster_primary_fails_over_mid_run_and_the_run_goes_on(
         async with closing(*engines):
             run.start()
             await run.more(20, "requests before the failover")
-            # The primary serving org_a's pair for the model: where most traffic goes.
-            victim = cluster.node_for_key(f"ymera:default:quota:{{org_a|{MODEL}}}:b")
-            primaries_before = cluster.primary_ports()
-            await asyncio.to_thread(victim.stop)
             run.phase = "failover"
-            await run.more(20, "requests while the replica takes over")
-            await asyncio.to_thread(cluster.wait_primaries, 3)
-            assert cluster.primary_ports() != primaries_before  # a replica was promoted
+            await asyncio.to_thread(fail_over)
+            await run.more(20, "requests after the replica took over")
             during = await monitor_for(engines[0]).asnapshot()
             run.phase = "after"
             await until(
@@ -110,36 +168,34 @@ async def test_a_cluster_primary_fails_over_mid_run_and_the_run_goes_on(
             idle = [await on_portal(e, e.quota.idle()) for e in engines]
             outages = [quota_store(e).outages for e in engines]
             errors = [quota_store(e).last_error for e in engines]
+            recoveries = [quota_store(e).recoveries for e in engines]
             records = await _redis_executions(url)
         stats = server.stats()
-        # The old primary comes back as a replica of the one that took its place.
-        await asyncio.to_thread(victim.start)
-        await asyncio.to_thread(cluster.wait_ok)
+    await asyncio.to_thread(heal)
 
     phases = Counter(phase for _, phase, _ in run.done)
     print(
-        f"\ncluster failover: served {dict(phases)}, errors {len(run.errors)}, server statuses "
-        f"{stats.by_status}, quota outages {outages}, last errors {errors}"
+        f"\n{topology} failover: served {dict(phases)}, errors {len(run.errors)}, server "
+        f"statuses {stats.by_status}, quota outages {outages}, last errors {errors}"
     )
-    # Answers or typed errors, nothing lost: every request the run sent has an outcome, and
-    # any error is one of the package's own.
+    # Answers or typed errors, nothing lost: any error is one of the package's own.
     assert all(err.split(":")[0] in _typed_errors() for _, _, err in run.errors), run.errors
     assert 429 not in stats.by_status and stats.rate_limited == {}
     assert stats.by_status.get(200, 0) == len(run.done)
     assert phases["failover"] >= 20 and phases["after"] >= 20
     assert all(idle)
-    # Nothing lost: every request served has exactly one execution record in the cluster's
-    # learning log, those made while its primary was failing over included.
+    # Every request served has exactly one execution record in the shared learning log,
+    # those made while the primary was failing over included.
     assert set(records) == {rid for rid, _, _ in run.done}
     assert set(records.values()) == {1}
-    # The stores noticed (the first call on the dead primary's slots) and say what it was.
+    # The stores noticed, say what it was, and came back.
     assert any(n >= 1 for n in outages)
-    quota_entry = during["storage"]["quota"]
-    assert quota_entry["topology"] == "cluster"
+    assert during["storage"]["quota"]["topology"] == topology
     assert after["storage"]["quota"]["state"] == "ok"
-    noticed = [e for e in engines if quota_store(e).outages]
-    assert all(quota_store(e).last_error for e in noticed)
-    assert all(quota_store(e).recoveries >= 1 for e in noticed)
+    for n, e in zip(outages, errors, strict=True):
+        if n:
+            assert e
+    assert all(r >= 1 for n, r in zip(outages, recoveries, strict=True) if n)
 
 
 def _typed_errors() -> set[str]:
