@@ -6,6 +6,7 @@ resilient stores fall back the way they do when one Redis goes away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections import Counter
 from typing import Any
@@ -196,6 +197,16 @@ async def test_a_stopped_cluster_primary_fails_only_its_slots_as_storage_errors(
                 causes.append(exc.storage_error)
                 outcomes["storage_error"] += 1
         assert all(isinstance(c, redis.RedisError | redis.RedisClusterException) for c in causes)
+        # A process that starts now still serves the slots the other primaries hold.
+        late = store_from_url("quota", redis_cluster_url, namespace="down")
+        try:
+            served = 0
+            for org in orgs:
+                with contextlib.suppress(StorageError):
+                    served += await reserve(late, org, f"{org}-late") == 0
+            assert served == outcomes["ok"]
+        finally:
+            await late.aclose()
         # Only the stopped primary's pairs fail; the others keep their shared ledger.
         assert outcomes["storage_error"] >= 1 and outcomes["ok"] >= 1, outcomes
         # Behind the resilient store the caller sees no error: the failed pair is served

@@ -138,6 +138,9 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
     if target.topology == "cluster":
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+        # A slot without a primary (one died, no replica yet) fails only the keys in it: the
+        # client must still start and serve the others.
+        options.setdefault("require_full_coverage", False)
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes], **options
         )

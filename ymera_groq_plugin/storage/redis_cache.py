@@ -94,7 +94,7 @@ class RedisCacheStore:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisCacheStore:
-        """Build from a `redis://`, `rediss://` or `unix://` URL.
+        """Build from a Redis URL: one server, `redis+cluster://` or `redis+sentinel://`.
 
         Keyword arguments `max_entries`, `clock` go to the store; the rest to the client.
         """

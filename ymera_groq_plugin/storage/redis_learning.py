@@ -79,7 +79,8 @@ class RedisLearningStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisLearningStore:
-        """Build from a `redis://`, `rediss://` or `unix://` URL (other kwargs go to the client).
+        """Build from a Redis URL: one server, `redis+cluster://` or `redis+sentinel://` (other
+        kwargs go to the client).
 
         A `clock` keyword is accepted and ignored (the learner passes times in explicitly).
         """

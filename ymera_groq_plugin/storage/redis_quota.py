@@ -15,6 +15,9 @@ ymera:<namespace>:key:<label>               hash: one key's health record (never
 ymera:<namespace>:orgs                      hash: merged organisation -> organisation
 ```
 
+On a Redis Cluster each (organisation, model) is its own slot, so the fleet's quota traffic
+spreads over the primaries (see `docs/design-notes.md`, "Redis Cluster and Sentinel").
+
 Bucket state expires two days after its last use (a day window plus margin); reservations expire
 on their own (`ttl`), so a crashed process's reservations come back. A key of the wrong type
 under the prefix (something else wrote it) is dropped by the script that meets it, and a
@@ -137,7 +140,7 @@ class RedisQuotaStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisQuotaStore:
-        """Build from a `redis://`, `rediss://` or `unix://` URL."""
+        """Build from a Redis URL: one server, `redis+cluster://` or `redis+sentinel://`."""
         return cls(fast_failing_client(url, **kwargs), namespace=namespace)
 
     async def heartbeat(self, worker: str, *, now: float, window: float) -> int:
@@ -302,7 +305,7 @@ class RedisKeyStateStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **kwargs: Any) -> RedisKeyStateStore:
-        """Build from a `redis://`, `rediss://` or `unix://` URL."""
+        """Build from a Redis URL: one server, `redis+cluster://` or `redis+sentinel://`."""
         return cls(fast_failing_client(url, **kwargs), namespace=namespace)
 
     def _key(self, label: str) -> str:

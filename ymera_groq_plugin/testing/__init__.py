@@ -3,6 +3,8 @@
 - `GroqTestServer`: a local Groq-compatible HTTP server with Groq's limits, headers, errors and
   injectable faults.
 - `RedisServer`: a real `redis-server` on a free loopback port that can be stopped and restarted.
+- `RedisClusterServer`, `RedisSentinelServer`: a real Redis Cluster (3 primaries, optionally
+  replicas) and a Sentinel group (primary, replica, Sentinel) from the same binary.
 - `FakeClock`: a clock that moves only when told to.
 """
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import FakeClock
 from .redis_server import RedisServer, find_redis_server
+from .redis_topologies import RedisClusterServer, RedisSentinelServer
 
 if TYPE_CHECKING:
     from ._faults import FaultConfig
@@ -22,6 +25,8 @@ __all__ = [
     "FakeClock",
     "FaultConfig",
     "GroqTestServer",
+    "RedisClusterServer",
+    "RedisSentinelServer",
     "RedisServer",
     "ServerStats",
     "find_redis_server",
