@@ -171,6 +171,29 @@ async def test_the_learning_log_is_one_ordered_log_on_a_cluster(redis_cluster_ur
         await b.aclose()
 
 
+async def test_a_resharded_slot_is_followed_without_an_error(
+    redis_cluster: RedisClusterServer, redis_cluster_url: str
+) -> None:
+    quota = store_from_url("quota", redis_cluster_url, namespace="reshard")
+    try:
+        for n in range(3):
+            assert await reserve(quota, "org_a", f"before-{n}") == 0
+        key = "ymera:reshard:quota:{org_a|m}:b"
+        here = redis_cluster.node_for_key(key).port
+        there = next(p for p in redis_cluster.primary_ports() if p != here)
+        await asyncio.to_thread(redis_cluster.move_slot, key, there)
+        # The client's slot map is stale: redis-py follows MOVED, and the new primary loads the
+        # script on NOSCRIPT; the ledger moved with the keys.
+        assert await reserve(quota, "org_a", "after") == 0
+        state = await quota.get("org_a", "m", defaults=LIMITS, now=T0)
+        assert state.outstanding == 4
+        assert redis_cluster.node_for_key(key).port == there
+        states = await quota.get_many([("org_a", "m", LIMITS)], now=T0)
+        assert states[0].outstanding == 4
+    finally:
+        await quota.aclose()
+
+
 # -- failures read as StorageError ---------------------------------------------------------------
 
 

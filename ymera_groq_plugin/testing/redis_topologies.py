@@ -193,6 +193,23 @@ class RedisClusterServer:
                     return self.node_for_port(int(primary[1]))
         raise RuntimeError("no running node")
 
+    def move_slot(self, key: str, to_port: int) -> tuple[int, int]:
+        """Reshard: move `key`'s slot, with its keys, to the primary on `to_port` (the steps
+        `redis-cli --cluster reshard` takes: IMPORTING, MIGRATING, MIGRATE, SETSLOT NODE).
+        Clients holding the old slot map get `MOVED` (or `ASK` mid-move) afterwards. Returns
+        (slot, port it left)."""
+        source = self.node_for_key(key)
+        slot = int(_call(source.port, "CLUSTER", "KEYSLOT", key))
+        target = self.node_for_port(to_port)
+        src_id, dst_id = self.node_id(source), self.node_id(target)
+        _call(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        _call(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := _call(source.port, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+            _call(source.port, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        for port in self.primary_ports():
+            _call(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return slot, source.port
+
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> RedisClusterServer:
