@@ -163,7 +163,9 @@ class RedisClusterServer:
         return _text(_call(node.port, "CLUSTER", "MYID"))
 
     def primary_ports(self) -> list[int]:
-        """Ports of the nodes that serve slots now (after failovers, not the initial ones)."""
+        """Ports of the running nodes that serve slots now (after failovers, not the initial
+        ones; a stopped primary is left out before the cluster itself marks it failed)."""
+        running = {n.port for n in self.nodes if n.running}
         for node in self.nodes:
             if not node.running:
                 continue
@@ -176,7 +178,7 @@ class RedisClusterServer:
                 fields = line.split()
                 if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
                     ports.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
-            return sorted(ports)
+            return sorted(p for p in ports if p in running)
         return []
 
     def node_for_port(self, port: int) -> RedisServer:
