@@ -169,7 +169,8 @@ async def _run_through_failover(
             outages = [quota_store(e).outages for e in engines]
             errors = [quota_store(e).last_error for e in engines]
             recoveries = [quota_store(e).recoveries for e in engines]
-            records = await _redis_executions(url)
+        # Read once the engines closed: their last learning records are written behind.
+        records = await _redis_executions(url)
         stats = server.stats()
     await asyncio.to_thread(heal)
 
