@@ -14,7 +14,6 @@ the real service.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -22,12 +21,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 __all__ = ["AGENT_KINDS", "run_demo"]
 
@@ -154,14 +157,20 @@ def _agents(count: int) -> list[tuple[str, AgentKind]]:
     return out[: max(count, len(AGENT_KINDS))]
 
 
-def _hidden_quality(model: str, kind: str) -> float:
-    """A stand-in for a quality judge: stable per (model, agent kind), so the learner can learn."""
-    digest = hashlib.sha256(f"{model}|{kind}".encode()).digest()
-    return 0.55 + 0.4 * digest[0] / 255
+def _hidden_quality(catalog: Catalog, meta: Mapping[str, Any], kind: str) -> float:
+    """A stand-in for a quality judge, following the answering model's card (see
+    `testing._generate.synthetic_quality`): a model is not rewarded for work its card says it
+    is not for, so the learned choices look like what a user would see live."""
+    from .testing._generate import synthetic_quality
+
+    route = meta.get("route")
+    task = route.get("task_type") if isinstance(route, Mapping) else None
+    return synthetic_quality(catalog.get(meta["model_name"]), task or "general", kind)
 
 
 async def _workload(
     llm: Any,
+    catalog: Catalog,
     agents: list[tuple[str, AgentKind]],
     per_agent: int,
     seconds: float,
@@ -189,7 +198,7 @@ async def _workload(
                 meta = msg.response_metadata
                 outcome["cache" if meta.get("cache_hit") else "upstream"] += 1
                 if not meta.get("cache_hit") and meta.get("request_id"):
-                    quality = _hidden_quality(meta["model_name"], kind.name)
+                    quality = _hidden_quality(catalog, meta, kind.name)
                     quality = min(1.0, max(0.0, quality + rng.uniform(-0.05, 0.05)))
                     await llm.afeedback(meta["request_id"], quality)
             except Exception as exc:  # the demo reports failures instead of stopping
@@ -311,7 +320,9 @@ def run_demo(
             TimeElapsedColumn(),
             console=console,
         ) as progress:
-            result = asyncio.run(_workload(llm, roster, per_agent, duration, 0.45, progress, rng))
+            result = asyncio.run(
+                _workload(llm, engine.catalog, roster, per_agent, duration, 0.45, progress, rng)
+            )
         elapsed = time.perf_counter() - started
         snap = engine.snapshot()
         server_stats = server.stats().as_dict() if server is not None else None

@@ -79,6 +79,18 @@ def test_models_table_reads_at_80_columns(capsys: pytest.CaptureFixture[str]) ->
         assert m.id.rsplit("/", 1)[-1] in out
     assert "…" not in out
     assert "production" in out
+    # Strengths with the sources they come from; the safety classifier marked as such.
+    assert "strengths and tiers, from" in out
+    assert "HF card" in out and "Groq page" in out
+    assert "only moderation" in out
+
+
+def test_models_json_carries_the_evidence(capsys: pytest.CaptureFixture[str]) -> None:
+    models = {m["id"]: m for m in run_json(capsys, "models", "--json")}
+    safe = models["openai/gpt-oss-safeguard-20b"]
+    assert safe["only_for"] == ["moderation"]
+    assert all(m["sources"] and m["rationale"] for m in models.values())
+    assert {"name", "url", "says"} == set(safe["sources"][0])
 
 
 def test_route_json_has_the_plan_and_its_reasons(capsys: pytest.CaptureFixture[str]) -> None:

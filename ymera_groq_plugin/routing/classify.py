@@ -366,6 +366,20 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("multilingual", 1.5, "{in,into,to,from} {portuguese,italian,russian,arabic,hindi,turkish}"),
     ("multilingual", 1.5, "{in,into,to,from} {dutch,polish,vietnamese,thai}|native speaker*"),
     ("multilingual", 1.5, "{japanese,chinese,korean,spanish,french,german} {text,version,copy}"),
+    # moderation: content judged against a policy (the safety classifier's only work)
+    ("moderation", 3.0, "moderation|moderate {this,these,the}|moderator|content policy"),
+    ("moderation", 3.0, "community guidelines|acceptable use policy|trust and safety"),
+    ("moderation", 3.0, "hate speech|self-harm|self harm|harassment|nsfw|toxic*|csam"),
+    ("moderation", 3.0, "allow or block|block or allow|safe or unsafe|allow/block|safe/unsafe"),
+    ("moderation", 3.0, "against {the,this,our} policy|policy {below,above}|following policy"),
+    ("moderation", 3.0, "{does,do} {this,the,these} {message,post,comment,content} violate"),
+    ("moderation", 2.0, "spam|scam|slur|slurs|harass*|abusive|bullying|profanity|extremis*"),
+    ("moderation", 2.0, "{violates,violate,violating,breaks} {the,this,our} {policy,rules}"),
+    ("moderation", 1.5, "{classify,label} {this,the,each,these} {post,posts,message,messages}"),
+    ("moderation", 1.5, "{classify,label} {this,the,each,these} {comment,comments,content}"),
+    ("moderation", 1.5, "unsafe|hateful|violent|graphic|explicit|offensive|threatening"),
+    ("moderation", 1.0, "policy|flagged|user-generated|ban|banned|removal"),
+    ("moderation", 0.5, "allow|block|flag|post|posts|comment|comments|tweet|tweets"),
     # general (weak: general is also what wins when nothing else does)
     ("general", 1.0, "fun fact|newsletter|email|offsite|agenda|job posting|books|ideas"),
     ("general", 1.0, "brainstorm|advice|help me think|recipe|travel|gift|lunch|birthday"),
@@ -472,6 +486,7 @@ _TASK_LEAN: dict[str, float] = {
     "monitoring": -0.25,
     "general": -0.5,
     "multilingual": -0.5,
+    "moderation": -0.5,
 }
 """How hard a task type's requests usually are, added to the complexity score."""
 
