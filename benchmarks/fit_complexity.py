@@ -135,7 +135,8 @@ def main() -> None:
             "Complexity weights: proportional-odds logistic regression over the signals of "
             "routing/complexity.py, fitted by benchmarks/fit_complexity.py on the "
             f"'calibration' split only ({len(rows)} prompts; l2 {best_l2:g} chosen by 5-fold "
-            f"cross-validation there: {best_acc:.1%}). Never fitted on holdout4."
+            f"cross-validation there: {best_acc:.1%}). Never fitted on holdout4. The "
+            "instruction-length feature is centred on 15 words (log2(1 + words) - 4)."
         ),
         "thresholds": [round(theta[0], 4), round(theta[1], 4)],
         "weights": {k: round(v, 4) for k, v in sorted(w.items()) if abs(v) >= 1e-4},

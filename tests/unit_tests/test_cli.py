@@ -103,6 +103,14 @@ def test_route_json_has_the_plan_and_its_reasons(capsys: pytest.CaptureFixture[s
     served = {m.id for m in default_catalog().served()}
     assert data["plan"] and set(data["plan"]) <= served
     assert data["reasons"] and all(isinstance(r, str) for r in data["reasons"])
+    # The same shape for hard work; its reasons name the signals that decided the complexity.
+    hard = run_json(capsys, "route", "Design a multi-region architecture for 50k orders per "
+                    "second with exactly-once settlement and a zero-downtime migration plan.",
+                    "--json")
+    assert set(hard) == set(data)
+    assert hard["complexity"] == "complex"
+    line = next(r for r in hard["reasons"] if r.startswith("complexity complex (score"))
+    assert "design verbs" in line or "hard artefact" in line or "scale words" in line, line
     code, out = run(capsys, "route", "Translate to French: good morning", "--agent", "translator")
     assert code == 0 and "plan" in out and "•" in out
 

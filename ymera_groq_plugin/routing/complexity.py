@@ -94,6 +94,9 @@ SIGNALS: tuple[tuple[str, float, str], ...] = (
 FIXED_RULES: tuple[tuple[int, float], ...] = ((32000, 1.0), (8000, 0.5))
 """(prompt tokens at least, share of θ₂ − θ₁ added): real size, fixed (module docstring)."""
 
+_WORDS_CENTRE = 4.0
+"""log2(1 + 15): the instruction length feature is 0 for a 15-word instruction."""
+
 _MATERIAL_CAP = 5.7
 """log2(1 + tokens / 100) at about 5k tokens: the largest pasted material in calibration."""
 
@@ -182,7 +185,8 @@ def features(
     bias: float,
 ) -> dict[str, float]:
     """The feature vector of one request (only non-zero entries)."""
-    x: dict[str, float] = {"words": math.log2(1 + words)}
+    # Centred on a 15-word instruction, so reasons show length only when it is unusual.
+    x: dict[str, float] = {"words": math.log2(1 + words) - _WORDS_CENTRE}
     if words < 12:
         x["short"] = 1.0
     elif words > 60:
