@@ -4,8 +4,9 @@ Offline, it starts the package's local Groq-compatible server with Groq's free-p
 organisation and model, the same buckets and headers as Groq) and six fake keys in four
 organisations, runs a mixed workload of the original plan's agent kinds (fast validators and
 formatters, standard coders, complex architects, long-context analysts, multilingual
-translators) with repeated and fresh prompts, and ends with the dashboard. The free-plan limits
-are real-time: 30 requests per minute per organisation and model is what the run is shaped by.
+translators, and content moderators for the safety classifier) with repeated and fresh
+prompts, and ends with the dashboard. The free-plan limits are real-time: 30 requests per
+minute per organisation and model is what the run is shaped by.
 
 With `--live` and `GROQ_API_KEY` set, a small, bounded version of the same workload runs against
 the real service.
@@ -66,13 +67,23 @@ _CODE = """def transfer(src, dst, amount):
 AGENT_KINDS: tuple[AgentKind, ...] = (
     AgentKind(
         "validator",
-        0.20,
+        0.16,
         (
             'Validate this JSON payload against the user schema: {"id": 7, "email": "a@b.co"}',
             "Check whether this email address is valid: someone@example..com",
             "Validate the config: timeout=30, retries=-1, region=eu-west-1",
         ),
         "Validate this order record #{n}: quantity={q}, price={p}, currency=EUR",
+    ),
+    AgentKind(
+        "content_moderator",
+        0.04,
+        (
+            "Classify this post against the policy below and answer ALLOW or BLOCK.\n"
+            "Policy: no spam, no hate speech, no self-harm content.\n"
+            'Post: "Buy 1000 followers for $5, link in bio!!!"',
+        ),
+        'Does comment #{n} violate our community guidelines? "You {q} clowns should all quit."',
     ),
     AgentKind(
         "formatter",

@@ -161,7 +161,8 @@ def test_synthetic_quality_does_not_reward_work_a_card_rules_out() -> None:
         q_safe = synthetic_quality(safe, task, "security_reviewer")
         best_general = max(synthetic_quality(m, task, "security_reviewer") for m in general)
         if task == "moderation":
-            assert q_safe >= 0.6
+            # What its card says it is for: as good as any general model there.
+            assert q_safe >= best_general - 0.05
         else:
             assert q_safe <= 0.25 < 0.6 <= best_general, task
     g120 = catalog.get("openai/gpt-oss-120b")
