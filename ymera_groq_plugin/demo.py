@@ -184,21 +184,23 @@ async def _workload(
     catalog: Catalog,
     agents: list[tuple[str, AgentKind]],
     per_agent: int,
+    extra: int,
     seconds: float,
     repeat_share: float,
     progress: Progress,
     rng: random.Random,
 ) -> dict[str, Any]:
-    task = progress.add_task("agents at work", total=len(agents) * per_agent)
+    # The first `extra` agents send one more request, so the total is what was asked for.
+    task = progress.add_task("agents at work", total=len(agents) * per_agent + extra)
     outcome: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     think = seconds / max(per_agent, 1)
     counter = iter(range(10**9))
 
-    async def agent(name: str, kind: AgentKind) -> None:
+    async def agent(name: str, kind: AgentKind, count: int) -> None:
         bound = llm.bind(agent_name=name)
         await asyncio.sleep(rng.random() * think)
-        for _ in range(per_agent):
+        for _ in range(count):
             if rng.random() < repeat_share:
                 prompt = rng.choice(kind.prompts)
             else:
@@ -217,7 +219,9 @@ async def _workload(
             progress.advance(task)
             await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
 
-    await asyncio.gather(*(agent(name, kind) for name, kind in agents))
+    await asyncio.gather(
+        *(agent(name, kind, per_agent + (i < extra)) for i, (name, kind) in enumerate(agents))
+    )
     return {"outcome": dict(outcome), "errors": dict(errors)}
 
 
@@ -296,6 +300,7 @@ def run_demo(
     duration = seconds if seconds is not None else (20.0 if live else 45.0)
     roster = _agents(n_agents)
     per_agent = max(1, total // len(roster))
+    extra = max(0, total - per_agent * len(roster))
 
     server = None
     data_dir = tempfile.TemporaryDirectory(prefix="ymera-demo-")
@@ -319,7 +324,7 @@ def run_demo(
         llm = ChatYmeraGroq(engine=engine, temperature=0)
         console.print(
             f"[bold]ymera-groq demo[/bold] ({'live Groq' if live else 'offline, local Groq server'}"
-            f"): {len(roster)} agents, {per_agent * len(roster)} requests, "
+            f"): {len(roster)} agents, {per_agent * len(roster) + extra} requests, "
             f"{len(settings.api_keys)} keys in "
             f"{len({k.organisation for k in settings.api_keys})} organisations, no Redis"
         )
@@ -332,7 +337,9 @@ def run_demo(
             console=console,
         ) as progress:
             result = asyncio.run(
-                _workload(llm, engine.catalog, roster, per_agent, duration, 0.45, progress, rng)
+                _workload(
+                    llm, engine.catalog, roster, per_agent, extra, duration, 0.45, progress, rng
+                )
             )
         elapsed = time.perf_counter() - started
         snap = engine.snapshot()
