@@ -28,6 +28,7 @@ __all__ = [
     "ModelInfo",
     "ModelLimits",
     "ResolvedModel",
+    "Source",
     "default_catalog",
     "load_catalog",
 ]
@@ -85,6 +86,19 @@ class Lifecycle(BaseModel):
         return self.shutdown_on is not None and today >= self.shutdown_on
 
 
+class Source(BaseModel):
+    """Where a catalog entry's strengths and tiers come from, and what that source says."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    """Short name shown by `ymera-groq models` ("HF card", "Groq page")."""
+    url: str = Field(min_length=1)
+    """The public page (or a citation when there is no page)."""
+    says: str = Field(min_length=1)
+    """What the source says that the entry relies on."""
+
+
 class ModelInfo(BaseModel):
     """One catalog entry."""
 
@@ -107,6 +121,14 @@ class ModelInfo(BaseModel):
     """1 (weakest) to 5 (strongest)."""
     strengths: tuple[str, ...] = ()
     """Task types the model is preferred for."""
+    only_for: tuple[str, ...] = ()
+    """When set, the task types the model is for and the only ones the router proposes it
+    for by itself (a special-purpose model, such as a safety classifier). A policy row that
+    names the model still puts it in that row's plans: the policy is the user's word."""
+    sources: tuple[Source, ...] = ()
+    """The evidence for `strengths`, `only_for`, `speed_tier` and `quality_tier`."""
+    rationale: str | None = None
+    """One line: how the sources give the strengths and tiers."""
     capabilities: Capabilities = Capabilities()
     lifecycle: Lifecycle = Lifecycle()
     fallbacks: tuple[str, ...] = ()
@@ -123,6 +145,10 @@ class ModelInfo(BaseModel):
     def is_served(self, today: dt.date | None = None) -> bool:
         """Whether Groq still serves this model (not shut down)."""
         return not self.lifecycle.is_shut_down(today)
+
+    def serves_task(self, task_type: str) -> bool:
+        """Whether the router may propose this model for `task_type` by itself."""
+        return not self.only_for or task_type in self.only_for
 
 
 class ResolvedModel(BaseModel):

@@ -152,15 +152,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         _print_json(out)
         return 0
     con = _console()
-    wide = con.width >= 120
     table = _table(f"Groq models ({len(catalog.served())} served; limits per organisation)")
     table.add_column("model", overflow="fold", min_width=_name_width(m.id for m in rows))
     for col in ("ctx", "out", "RPM", "RPD", "TPM", "TPD"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("s/q", no_wrap=True)
     table.add_column("status", overflow="fold")
-    if wide:
-        table.add_column("strengths", overflow="fold")
     if reported:
         table.add_column("Groq left", justify="right")
     retired: list[str] = []
@@ -179,17 +176,33 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{m.speed_tier}/{m.quality_tier}",
             status if served else f"[dim]{status}[/dim]",
         ]
-        if wide:
-            cells.append(", ".join(m.strengths[:4]))
         if reported:
             cells.append(_remaining_cell(reported.get(m.id, {}).get("remaining_reported")))
         table.add_row(*cells)
     con.print(table)
     for line in retired:
         con.print(f"[dim]  retired: {escape(line)}[/dim]")
-    if not wide:
-        con.print("[dim]s/q: speed/quality, 1–5; a wider terminal also shows strengths[/dim]")
+    con.print("[dim]s/q: speed/quality, 1–5[/dim]")
+    _print_strengths(con, rows)
     return 0
+
+
+def _print_strengths(con: Console, rows: Sequence[Any]) -> None:
+    """Each model's strengths and the sources they come from (`--json` has the URLs)."""
+    table = _table("strengths and tiers, from")
+    table.add_column("model", overflow="fold", min_width=_name_width(m.id for m in rows))
+    table.add_column("strengths", overflow="fold", ratio=3)
+    table.add_column("source", overflow="fold", ratio=2)
+    for m in rows:
+        strengths = ", ".join(m.strengths) or "–"
+        if m.only_for:
+            strengths = f"only {', '.join(m.only_for)}" + (
+                "" if set(m.strengths) <= set(m.only_for) else f"; {strengths}"
+            )
+        sources = ", ".join(dict.fromkeys(s.name for s in m.sources)) or "[red]none[/red]"
+        table.add_row(escape(short_model(m.id)), escape(strengths), sources)
+    con.print(table)
+    con.print("[dim]sources' pages and what each says: ymera-groq models --json[/dim]")
 
 
 def _name_width(names: Iterable[str]) -> int:

@@ -4,8 +4,9 @@ Offline, it starts the package's local Groq-compatible server with Groq's free-p
 organisation and model, the same buckets and headers as Groq) and six fake keys in four
 organisations, runs a mixed workload of the original plan's agent kinds (fast validators and
 formatters, standard coders, complex architects, long-context analysts, multilingual
-translators) with repeated and fresh prompts, and ends with the dashboard. The free-plan limits
-are real-time: 30 requests per minute per organisation and model is what the run is shaped by.
+translators, and content moderators for the safety classifier) with repeated and fresh
+prompts, and ends with the dashboard. The free-plan limits are real-time: 30 requests per
+minute per organisation and model is what the run is shaped by.
 
 With `--live` and `GROQ_API_KEY` set, a small, bounded version of the same workload runs against
 the real service.
@@ -14,7 +15,6 @@ the real service.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -22,12 +22,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 __all__ = ["AGENT_KINDS", "run_demo"]
 
@@ -63,13 +67,23 @@ _CODE = """def transfer(src, dst, amount):
 AGENT_KINDS: tuple[AgentKind, ...] = (
     AgentKind(
         "validator",
-        0.20,
+        0.16,
         (
             'Validate this JSON payload against the user schema: {"id": 7, "email": "a@b.co"}',
             "Check whether this email address is valid: someone@example..com",
             "Validate the config: timeout=30, retries=-1, region=eu-west-1",
         ),
         "Validate this order record #{n}: quantity={q}, price={p}, currency=EUR",
+    ),
+    AgentKind(
+        "content_moderator",
+        0.04,
+        (
+            "Classify this post against the policy below and answer ALLOW or BLOCK.\n"
+            "Policy: no spam, no hate speech, no self-harm content.\n"
+            'Post: "Buy 1000 followers for $5, link in bio!!!"',
+        ),
+        'Does comment #{n} violate our community guidelines? "You {q} clowns should all quit."',
     ),
     AgentKind(
         "formatter",
@@ -154,31 +168,39 @@ def _agents(count: int) -> list[tuple[str, AgentKind]]:
     return out[: max(count, len(AGENT_KINDS))]
 
 
-def _hidden_quality(model: str, kind: str) -> float:
-    """A stand-in for a quality judge: stable per (model, agent kind), so the learner can learn."""
-    digest = hashlib.sha256(f"{model}|{kind}".encode()).digest()
-    return 0.55 + 0.4 * digest[0] / 255
+def _hidden_quality(catalog: Catalog, meta: Mapping[str, Any], kind: str) -> float:
+    """A stand-in for a quality judge, following the answering model's card (see
+    `testing._generate.synthetic_quality`): a model is not rewarded for work its card says it
+    is not for, so the learned choices look like what a user would see live."""
+    from .testing._generate import synthetic_quality
+
+    route = meta.get("route")
+    task = route.get("task_type") if isinstance(route, Mapping) else None
+    return synthetic_quality(catalog.get(meta["model_name"]), task or "general", kind)
 
 
 async def _workload(
     llm: Any,
+    catalog: Catalog,
     agents: list[tuple[str, AgentKind]],
     per_agent: int,
+    extra: int,
     seconds: float,
     repeat_share: float,
     progress: Progress,
     rng: random.Random,
 ) -> dict[str, Any]:
-    task = progress.add_task("agents at work", total=len(agents) * per_agent)
+    # The first `extra` agents send one more request, so the total is what was asked for.
+    task = progress.add_task("agents at work", total=len(agents) * per_agent + extra)
     outcome: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     think = seconds / max(per_agent, 1)
     counter = iter(range(10**9))
 
-    async def agent(name: str, kind: AgentKind) -> None:
+    async def agent(name: str, kind: AgentKind, count: int) -> None:
         bound = llm.bind(agent_name=name)
         await asyncio.sleep(rng.random() * think)
-        for _ in range(per_agent):
+        for _ in range(count):
             if rng.random() < repeat_share:
                 prompt = rng.choice(kind.prompts)
             else:
@@ -189,7 +211,7 @@ async def _workload(
                 meta = msg.response_metadata
                 outcome["cache" if meta.get("cache_hit") else "upstream"] += 1
                 if not meta.get("cache_hit") and meta.get("request_id"):
-                    quality = _hidden_quality(meta["model_name"], kind.name)
+                    quality = _hidden_quality(catalog, meta, kind.name)
                     quality = min(1.0, max(0.0, quality + rng.uniform(-0.05, 0.05)))
                     await llm.afeedback(meta["request_id"], quality)
             except Exception as exc:  # the demo reports failures instead of stopping
@@ -197,7 +219,9 @@ async def _workload(
             progress.advance(task)
             await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
 
-    await asyncio.gather(*(agent(name, kind) for name, kind in agents))
+    await asyncio.gather(
+        *(agent(name, kind, per_agent + (i < extra)) for i, (name, kind) in enumerate(agents))
+    )
     return {"outcome": dict(outcome), "errors": dict(errors)}
 
 
@@ -276,6 +300,7 @@ def run_demo(
     duration = seconds if seconds is not None else (20.0 if live else 45.0)
     roster = _agents(n_agents)
     per_agent = max(1, total // len(roster))
+    extra = max(0, total - per_agent * len(roster))
 
     server = None
     data_dir = tempfile.TemporaryDirectory(prefix="ymera-demo-")
@@ -299,7 +324,7 @@ def run_demo(
         llm = ChatYmeraGroq(engine=engine, temperature=0)
         console.print(
             f"[bold]ymera-groq demo[/bold] ({'live Groq' if live else 'offline, local Groq server'}"
-            f"): {len(roster)} agents, {per_agent * len(roster)} requests, "
+            f"): {len(roster)} agents, {per_agent * len(roster) + extra} requests, "
             f"{len(settings.api_keys)} keys in "
             f"{len({k.organisation for k in settings.api_keys})} organisations, no Redis"
         )
@@ -311,7 +336,11 @@ def run_demo(
             TimeElapsedColumn(),
             console=console,
         ) as progress:
-            result = asyncio.run(_workload(llm, roster, per_agent, duration, 0.45, progress, rng))
+            result = asyncio.run(
+                _workload(
+                    llm, engine.catalog, roster, per_agent, extra, duration, 0.45, progress, rng
+                )
+            )
         elapsed = time.perf_counter() - started
         snap = engine.snapshot()
         server_stats = server.stats().as_dict() if server is not None else None

@@ -30,6 +30,12 @@ and goes further:
   least-tried one short of `min_model_executions` first (so it reaches the ranking bar), else
   any one at random. `exploration_rate=0` turns exploration off altogether: the best mean,
   the original plan's rule;
+- **a quality floor**: speed does not buy back answers that are not good enough. A model
+  whose mean quality is under `quality_floor` (0.5) while another candidate's is at or above
+  it scores no speed term. Without it, a small fast model whose answers score low (0.4)
+  ties with a large one whose answers score well (0.85) under the plan's weights, and the
+  router keeps sending that agent's work to the small model; with it, low scores on the
+  small model (feedback, or failures, which score 0) shift the agent × task to the large one;
 - **decay**: evidence loses half its weight every `half_life` seconds (the injected clock),
   so means follow a model that got worse, and stale evidence widens the posteriors (more
   exploration of what has not been seen lately). The thresholds above count executions
@@ -231,6 +237,8 @@ class Learner:
         refresh_interval: `record` folds in other processes' evidence at most this often.
         retention: Seconds of evidence kept in the store (default: 10 half-lives, after
             which evidence weighs under 0.1 %).
+        quality_floor: Mean quality under which a model's speed stops counting, when another
+            candidate reaches it (0 turns the floor off: the plan's score as written).
 
     Raises:
         ConfigurationError: A parameter is out of range.
@@ -248,6 +256,7 @@ class Learner:
         rng: random.Random | None = None,
         refresh_interval: float = 30.0,
         retention: float | None = None,
+        quality_floor: float = 0.5,
     ) -> None:
         if not 0 <= exploration_rate <= 1:
             raise ConfigurationError(
@@ -258,6 +267,9 @@ class Learner:
             raise ConfigurationError("min_executions and min_model_executions must be >= 1")
         if not half_life > 0:
             raise ConfigurationError(f"half_life must be positive, got {half_life!r}")
+        if not 0 <= quality_floor <= 1:
+            raise ConfigurationError(f"quality_floor must be in [0, 1], got {quality_floor!r}")
+        self.quality_floor = quality_floor
         self.store = store
         self.exploration_rate = exploration_rate
         self.min_executions = min_executions
@@ -496,16 +508,26 @@ class Learner:
                 latencies[m] = None
         known = [v for v in latencies.values() if v is not None]
         fastest = max(min(known), 1e-3) if known else None
+        qualities = {m: (d[2] + k * q_bar) / (d[3] + k) for m, d in dec.items()}
+        floored = self._below_floor(qualities)
         out: dict[str, float] = {}
-        for m, (dn, dok, dq, dqn, _, _, _) in dec.items():
+        for m, (dn, dok, _, _, _, _, _) in dec.items():
             mean_lat = latencies[m]
             speed = (
                 0.5 if mean_lat is None or fastest is None else fastest / max(mean_lat, 1e-3)
             )
+            if m in floored:
+                speed = 0.0
             success = (dok + k * p_bar) / (dn + k)
-            quality = (dq + k * q_bar) / (dqn + k)
-            out[m] = W_SUCCESS * success + W_SPEED * speed + W_QUALITY * quality
+            out[m] = W_SUCCESS * success + W_SPEED * speed + W_QUALITY * qualities[m]
         return out
+
+    def _below_floor(self, qualities: Mapping[str, float]) -> set[str]:
+        """Models whose quality is under the floor while another candidate's reaches it."""
+        floor = self.quality_floor
+        if floor <= 0 or not any(q >= floor for q in qualities.values()):
+            return set()
+        return {m for m, q in qualities.items() if q < floor}
 
     def _sample(self, candidates: Sequence[str], cell: Cell, now: float) -> tuple[str, float]:
         """A Thompson draw: each candidate's score sampled from its posterior.
@@ -526,6 +548,7 @@ class Learner:
         k = _PRIOR
         eps = 1e-3
         drawn: dict[str, tuple[float, float, float | None]] = {}
+        means: dict[str, float] = {}
         for m in candidates:
             s = known.get(m)
             f = math.pow(0.5, max(0.0, now - s.t_ref) / self.half_life) if s else 0.0
@@ -536,6 +559,7 @@ class Learner:
             quality = rng.betavariate(
                 eps + k * q_bar + sq, eps + k * (1 - q_bar) + max(0.0, sqn - sq)
             )
+            means[m] = (sq + k * q_bar) / (sqn + k)
             lat: float | None = None
             if s is not None and s.lat_n > 1e-12 and l_bar is not None:
                 mean = (s.lat + k * l_bar) / (s.lat_n + k)
@@ -545,10 +569,15 @@ class Learner:
             drawn[m] = (p, quality, lat)
         lats = [d[2] for d in drawn.values() if d[2] is not None]
         fastest = max(min(lats), 1e-3) if lats else None
+        # The floor reads the posterior means, not the draws: a draw under it now and then
+        # must not take a good model's speed away.
+        floored = self._below_floor(means)
         best, best_score = candidates[0], -1.0
         for m in candidates:
             p, quality, lat = drawn[m]
             speed = rng.random() if lat is None or fastest is None else fastest / max(lat, 1e-3)
+            if m in floored:
+                speed = 0.0
             score = W_SUCCESS * p + W_SPEED * speed + W_QUALITY * quality
             if score > best_score:
                 best, best_score = m, score

@@ -46,6 +46,7 @@ TaskType = Literal[
     "analysis",
     "long_context",
     "multilingual",
+    "moderation",
     "general",
 ]
 TASK_TYPES: tuple[str, ...] = TaskType.__args__  # type: ignore[attr-defined]

@@ -79,6 +79,18 @@ def test_models_table_reads_at_80_columns(capsys: pytest.CaptureFixture[str]) ->
         assert m.id.rsplit("/", 1)[-1] in out
     assert "…" not in out
     assert "production" in out
+    # Strengths with the sources they come from; the safety classifier marked as such.
+    assert "strengths and tiers, from" in out
+    assert "HF card" in out and "Groq page" in out
+    assert "only moderation" in out
+
+
+def test_models_json_carries_the_evidence(capsys: pytest.CaptureFixture[str]) -> None:
+    models = {m["id"]: m for m in run_json(capsys, "models", "--json")}
+    safe = models["openai/gpt-oss-safeguard-20b"]
+    assert safe["only_for"] == ["moderation"]
+    assert all(m["sources"] and m["rationale"] for m in models.values())
+    assert {"name", "url", "says"} == set(safe["sources"][0])
 
 
 def test_route_json_has_the_plan_and_its_reasons(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,6 +103,14 @@ def test_route_json_has_the_plan_and_its_reasons(capsys: pytest.CaptureFixture[s
     served = {m.id for m in default_catalog().served()}
     assert data["plan"] and set(data["plan"]) <= served
     assert data["reasons"] and all(isinstance(r, str) for r in data["reasons"])
+    # The same shape for hard work; its reasons name the signals that decided the complexity.
+    hard = run_json(capsys, "route", "Design a multi-region architecture for 50k orders per "
+                    "second with exactly-once settlement and a zero-downtime migration plan.",
+                    "--json")
+    assert set(hard) == set(data)
+    assert hard["complexity"] == "complex"
+    line = next(r for r in hard["reasons"] if r.startswith("complexity complex (score"))
+    assert "design verbs" in line or "hard artefact" in line or "scale words" in line, line
     code, out = run(capsys, "route", "Translate to French: good morning", "--agent", "translator")
     assert code == 0 and "plan" in out and "•" in out
 

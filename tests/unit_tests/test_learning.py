@@ -454,3 +454,58 @@ async def test_simulation_learns_the_best_model_follows_a_drop_and_finds_a_new_o
     assert mean("regret", 0, rows) < mean("regret", 0, baseline)
     assert mean("regret", 2, rows) < mean("regret", 2, baseline)
     assert sum(sum(r["regret"]) for r in rows) < sum(sum(b["regret"]) for b in baseline)
+
+    # Outcomes teach (issue 16): requests classed moderate go to the small model first (the
+    # plan's default); its answers score low, the large model's well. Printed beside the
+    # figures above; the plan's score as written (no quality floor) keeps the small model.
+    floor = [await _simulate_moderate(s, quality_floor=0.5) for s in seeds]
+    plain = [await _simulate_moderate(s, quality_floor=0.0) for s in seeds]
+    print("  moderate requests, small model's answers 0.40 / large model's 0.85 (300 calls, "
+          f"mean of {len(seeds)} seeds):")
+    for name, data in (("learner, quality floor 0.5", floor), ("plan's score, no floor", plain)):
+        print(f"    {name:27s} quality regret {mean('regret', 0, data):6.2f}, large model "
+              f"chosen {mean('large_share', 0, data):4.0%} of the last 100 calls, first "
+              f"recommended after {[d['shift'] for d in data]} calls")
+    assert all(d["large_share"][0] >= 0.8 for d in floor)
+    assert all(d["shift"] is not None and d["shift"] <= 60 for d in floor)
+    assert all(d["large_share"][0] < 0.5 for d in plain)
+    assert mean("regret", 0, floor) < mean("regret", 0, plain) / 2
+
+
+async def _simulate_moderate(seed: int, *, quality_floor: float) -> dict[str, Any]:
+    """Moderate requests of one agent × task: a small fast model whose answers score low
+    against a large slower one whose answers score well; quality arrives by feedback, failures
+    score 0. Regret is quality lost against always choosing the better-answering model."""
+    clock = FakeClock()
+    world = random.Random(seed)
+    lrn = Learner(SqliteLearningStore(), exploration_rate=0.1, half_life=7200.0, clock=clock,
+                  rng=random.Random(seed + 2000), quality_floor=quality_floor)
+    env = {
+        "small": {"success": 0.95, "latency": 250.0, "quality": 0.40},
+        "large": {"success": 0.97, "latency": 700.0, "quality": 0.85},
+    }
+    truth = {m: p["success"] * p["quality"] for m, p in env.items()}
+    regret, tops = 0.0, []
+    for i in range(300):
+        rec = lrn.recommend(AGENT, "validation", ["small", "large"])
+        model = rec.model if rec else "small"
+        regret += max(truth.values()) - truth[model]
+        p = env[model]
+        ok = world.random() < p["success"]
+        latency = p["latency"] * math.exp(world.gauss(0.0, 0.3))
+        quality = min(1.0, max(0.0, world.gauss(p["quality"], 0.1))) if ok else 0.0
+        eid = f"mod-{seed}-{i}"
+        await lrn.record(Execution(agent_name=AGENT, task_type="validation", model=model,
+                                   success=ok, latency_ms=latency, tokens=300,
+                                   timestamp=clock(), execution_id=eid))
+        await lrn.feedback(eid, quality)
+        clock.advance(60.0)
+        tops.append(lrn.top_recommendations().get(f"{AGENT}:validation", {}).get("model"))
+    await lrn.aclose()
+    return {"regret": [regret], "large_share": [_share(tops[-100:], lambda t: t == "large")],
+            "shift": _first(tops, lambda t: t == "large")}
+
+
+def test_quality_floor_is_checked() -> None:
+    with pytest.raises(ConfigurationError, match="quality_floor"):
+        Learner(SqliteLearningStore(), quality_floor=1.5)

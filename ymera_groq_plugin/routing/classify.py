@@ -24,9 +24,10 @@ and tail of each, so a 1 MB paste costs the same as a short one); the size count
 message and the tool schemas. The highest-scoring task type wins when it scores at least
 `_MIN_SCORE`, else the request is `general`.
 
-Complexity is a separate score: size, length of the instruction, "complex" and "simple"
-cue words, the number of listed requirements, code volume, the task type's own lean and
-the agent class's `complexity_bias`.
+Complexity is a separate score over signals of hard work (deliverables, design and proof
+verbs, scale, steps and constraints, requested output size, real against claimed size, cue
+words, the task type, the agent class's `complexity_bias`) with fitted weights: see
+`complexity.py`. The reasons name the signals that decided it.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from typing import Any
 
 from ..tokens import estimate_prompt_tokens
 from ..types import ChatRequest, Complexity, Profile
+from . import complexity as _cx
 from .policy import Policy, default_policy
 
-__all__ = ["classify", "request_texts"]
+__all__ = ["classify", "complexity_features", "request_texts"]
 
 # Per-token signal lookups are memoised. Prompts carry endless one-off tokens (ids, numbers,
 # names), so the memo is cleared when full: a larger bound was most of a long-running worker's
@@ -259,6 +261,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("testing", 3.0, "test suite|playwright|cypress|selenium|testcontainers|fuzz*|xfail"),
     ("testing", 2.0, "test|tests|testing|coverage|flaky|fixture|fixtures|mock*|stub|stubs"),
     ("testing", 2.0, "locust|k6"),
+    ("testing", 3.0, "test strategy|testing strategy|contract tests|test programme"),
     ("testing", 1.0, "assert*|hypothesis|qa|end-to-end|ci|edge cases|marker|markers|tdd"),
     # validation
     ("validation", 2.5, "validate|validation|validator|well-formed|conform|conforms to"),
@@ -270,6 +273,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("validation", 1.0, "iso 8601|rfc|acceptable|allowed value*|conformance|malformed"),
     ("validation", 2.5, "check that|verify that|ensure that|make sure that|break our rules"),
     ("validation", 2.5, "which {values,fields,entries,lines,rows,items,urls} {break,violate,fail}"),
+    ("validation", 2.5, "does {this,it} parse|parses correctly|validity|is {this,it} valid*"),
     # architecture
     ("architecture", 3.0, "architecture|system design|high-level design|microservice*"),
     ("architecture", 2.0, "monolith*|event sourcing|cqrs|single {point,points} of failure"),
@@ -283,6 +287,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("architecture", 2.0, "where should * live|business logic|business rules|layering"),
     ("architecture", 2.0, "active-active|active-passive|multi-region|cross-region|split-brain"),
     ("architecture", 1.5, "two regions|regions|frontend or|api layer|service boundaries"),
+    ("architecture", 3.0, "architect|architecting|re-architect|component diagram"),
+    ("architecture", 2.0, "caching layer|mermaid|c4 model|strangler*"),
     # security
     ("security", 3.0, "security|secure|vulnerab*|cve-*|xss|csrf|owasp|threat model*"),
     ("security", 3.0, "sql injection|injection|pentest*|exploit*|hardening|malware"),
@@ -323,6 +329,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("monitoring", 1.0, "log|logs|spike|spikes|outage|throughput|quota|eviction|evictions"),
     ("monitoring", 1.0, "memory|disk|status|urgent|tracing|traces|saturation|full|utili*"),
     ("monitoring", 2.0, "cron|cron job*|nightly job*|backup job*|heartbeat*|job runs"),
+    ("monitoring", 3.0, "promql|logql|loki|alertmanager|burn-rate"),
     # formatting
     ("formatting", 3.0, "reformat*|pretty-print*|prettify|pep 8|pep8|conventional commits"),
     ("formatting", 2.5, "format|formatted|formatting|indent*|markdown table|normalize|normalise"),
@@ -335,6 +342,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("formatting", 2.0, "make {this,these,it} into {a,an} {list,table}"),
     ("formatting", 1.0, "markdown|yaml|json|csv|table|bold|align*|whitespace|sorted keys"),
     ("formatting", 1.0, "snake_case|camelcase|kebab-case|line length|trailing comma*|group"),
+    ("formatting", 2.0, "readable style|uppercase keywords|one clause per line|wrap each"),
+    ("formatting", 2.0, "double quotes|single quotes|join them with commas"),
     # reasoning
     ("reasoning", 3.0, "prove|proof|solve|probability|puzzle|riddle|fermi|induction"),
     ("reasoning", 2.5, "math*|equation*|derive|expected {number,value}|logic puzzle"),
@@ -358,6 +367,13 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("long_context", 3.0, "chapter by chapter"),
     ("long_context", 2.0, "manuscript|book|literature review|everything we discussed|full year"),
     ("long_context", 1.0, "attached|concatenated|across these|papers"),
+    ("long_context", 4.0, "long {log,logs,transcript,document,documents,specification,spec}"),
+    ("long_context", 4.0, "long {contract,agreement,manifest,dump,thread,report,versions}"),
+    ("long_context", 4.0, "full text|full transcript|entire transcript|clause by clause"),
+    ("long_context", 3.0, "pasted codebase|whole {app,package,spec,specification,document}"),
+    ("long_context", 3.0, "{whole,entire,full} {requirements,log,transcript,agreement,msa}"),
+    ("long_context", 3.0, "requirements {spec,specification,document}|master services agreement"),
+    ("long_context", 2.0, "pasted below|below, concatenated|transcript|transcripts"),
     # multilingual
     ("multilingual", 3.0, "translat*|locali*|i18n|l10n"),
     ("multilingual", 0.5, "japanese|chinese|korean|spanish|french|german|portuguese|italian"),
@@ -366,6 +382,20 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("multilingual", 1.5, "{in,into,to,from} {portuguese,italian,russian,arabic,hindi,turkish}"),
     ("multilingual", 1.5, "{in,into,to,from} {dutch,polish,vietnamese,thai}|native speaker*"),
     ("multilingual", 1.5, "{japanese,chinese,korean,spanish,french,german} {text,version,copy}"),
+    # moderation: content judged against a policy (the safety classifier's only work)
+    ("moderation", 3.0, "moderation|moderate {this,these,the}|moderator|content policy"),
+    ("moderation", 3.0, "community guidelines|acceptable use policy|trust and safety"),
+    ("moderation", 3.0, "hate speech|self-harm|self harm|harassment|nsfw|toxic*|csam"),
+    ("moderation", 3.0, "allow or block|block or allow|safe or unsafe|allow/block|safe/unsafe"),
+    ("moderation", 3.0, "against {the,this,our} policy|policy {below,above}|following policy"),
+    ("moderation", 3.0, "{does,do} {this,the,these} {message,post,comment,content} violate"),
+    ("moderation", 2.0, "spam|scam|slur|slurs|harass*|abusive|bullying|profanity|extremis*"),
+    ("moderation", 2.0, "{violates,violate,violating,breaks} {the,this,our} {policy,rules}"),
+    ("moderation", 1.5, "{classify,label} {this,the,each,these} {post,posts,message,messages}"),
+    ("moderation", 1.5, "{classify,label} {this,the,each,these} {comment,comments,content}"),
+    ("moderation", 1.5, "unsafe|hateful|violent|graphic|explicit|offensive|threatening"),
+    ("moderation", 1.0, "policy|flagged|user-generated|ban|banned|removal"),
+    ("moderation", 0.5, "allow|block|flag|post|posts|comment|comments|tweet|tweets"),
     # general (weak: general is also what wins when nothing else does)
     ("general", 1.0, "fun fact|newsletter|email|offsite|agenda|job posting|books|ideas"),
     ("general", 1.0, "brainstorm|advice|help me think|recipe|travel|gift|lunch|birthday"),
@@ -411,7 +441,9 @@ _ARTEFACTS = _wordset(
 _NOT_THE_WORK = _wordset("docstring docstrings documentation comment comments test tests readme")
 
 _TASKS_M = _Matcher(_TASK_TABLE)
-_CUES_M = _Matcher(_CUE_TABLE)
+# One pass finds the cues and the complexity signals alike.
+_CUES_M = _Matcher(_CUE_TABLE + _cx.SIGNALS)
+_QUESTION_START = _wordset("what which who when where is does do can should how whats what's")
 
 # Frequent function words of other Latin-script languages that are not English words.
 _FOREIGN = _wordset(
@@ -462,18 +494,8 @@ _MATERIAL_LINE = re.compile(r"^\s*(?:[-*•>]|\d+[.)]|\d\d:\d\d|\d{4}-\d\d-\d\d)
 _MATERIAL_WEIGHT = 0.4
 _MIN_INSTRUCTION_WORDS = 6
 
-_TASK_LEAN: dict[str, float] = {
-    "architecture": 0.5,
-    "security": 0.25,
-    "reasoning": 0.25,
-    "long_context": 0.5,
-    "validation": -0.5,
-    "formatting": -1.0,
-    "monitoring": -0.25,
-    "general": -0.5,
-    "multilingual": -0.5,
-}
-"""How hard a task type's requests usually are, added to the complexity score."""
+# "60M citizens", "50k orders/s", "1,200 tables", "300 teams": numbers that speak of scale.
+_BIG_NUMBER = re.compile(r"\b(?:\d{1,3}(?:,\d{3})+|[1-9]\d{2,}|\d+(?:\.\d+)?[kKmMbB])\b")
 
 _MIN_SCORE = 1.5
 _REPEAT = (1.0, 1.5, 1.75)  # 1st, 2nd, 3rd+ occurrence of one signal: diminishing returns
@@ -484,10 +506,12 @@ class _Cues:
 
     __slots__ = (
         "complex",
+        "counts",
         "make_code",
         "moderate",
         "modify",
         "quantity",
+        "question",
         "show_code",
         "simple",
         "why",
@@ -517,6 +541,8 @@ class _Cues:
         self.show_code = bool(found.get("show_code"))
         self.modify = any(0 < t - m <= 12 for m in modify_at for t in tail_at)
         self.make_code = any(_makes_code(tokens, m) for m in make_at)
+        self.counts = {name: len(v) for name, v in found.items()}
+        self.question = bool(tokens) and tokens[0] in _QUESTION_START
 
 
 def _makes_code(tokens: list[str], at: int) -> bool:
@@ -580,7 +606,11 @@ def _task_scores(
     ulower = user.lower()
     has_code = "```" in text
     prose = _CODE_SPAN.sub(" ", ulower) if has_code else ulower
-    cues = _Cues(_TOKEN.findall(prose) if has_code or system else words)
+    own_text = _instruction(prose)
+    if own_text is not prose:
+        cues = _Cues(_TOKEN.findall(own_text))
+    else:
+        cues = _Cues(_TOKEN.findall(prose) if has_code or system else words)
 
     code_lines = 0
     if has_code:
@@ -652,8 +682,50 @@ def _task_scores(
     elif tokens >= policy.long_context_tokens // 2:
         _add(scores, why, "long_context", 2.5, f"prompt ~{tokens} tokens")
 
+    if code_lines >= 120 and tokens < policy.long_context_tokens // 2:
+        _add(scores, why, "long_context", 2.0, f"long pasted material ({code_lines} lines)")
+
     items = len(_LIST_ITEM.findall(user)) if "\n" in user else 0
     return scores, why, code_lines, items, cues
+
+
+def _instruction(prose: str) -> str:
+    """The instruction's own text: a long paste after a blank line is material, not asks."""
+    head, blank, rest = prose.partition("\n\n")
+    if blank and len(head) >= 20 and len(rest) > 3 * len(head):
+        return head
+    return prose
+
+
+def _complexity_features(
+    user: str,
+    task_type: str,
+    tokens: int,
+    code_lines: int,
+    items: int,
+    bias: float,
+    cues: _Cues,
+) -> dict[str, float]:
+    prose = _instruction(_CODE_SPAN.sub(" ", user) if code_lines else user)
+    words = cues.words
+    # What is pasted beside the instruction (code, lists, logs, attachments): the prompt's
+    # tokens beyond the instruction's own (about 1.4 tokens a word).
+    material = max(0, tokens - int(words * 1.4) - 16)
+    return _cx.features(
+        cues.counts,
+        words=words,
+        items=prose.count(",") + prose.count(";") + items,
+        material_tokens=material,
+        code_lines=code_lines,
+        complex_cues=len(cues.complex),
+        moderate_cues=len(cues.moderate),
+        simple_cues=len(cues.simple),
+        question=cues.question or "?" in prose,
+        big_numbers=len(_BIG_NUMBER.findall(prose)),
+        conjunctions=prose.count(" and ") + prose.count(" plus "),
+        task_type=task_type,
+        bias=bias,
+    )
 
 
 def _complexity(
@@ -665,50 +737,23 @@ def _complexity(
     bias: float,
     cues: _Cues,
 ) -> tuple[Complexity, float, list[str]]:
-    score = 0.0
-    notes: list[str] = []
-    if tokens >= 32000:
-        score += 2.5
-        notes.append(f"~{tokens} tokens")
-    elif tokens >= 8000:
-        score += 1.5
-        notes.append(f"~{tokens} tokens")
-    elif tokens >= 2000:
-        score += 1.0
-        notes.append(f"~{tokens} tokens")
-    # The instruction's own length: code and pasted data do not make a request harder.
-    words = cues.words
-    if words < 12:
-        score -= 1.0
-    elif words < 25:
-        score -= 0.5
-    elif words > 120:
-        score += 1.0
-    elif words > 60:
-        score += 0.5
-    if cues.complex:
-        score += min(len(cues.complex), 3) * 1.0
-        notes.append("complex cues: " + ", ".join(sorted(cues.complex)[:3]))
-    if cues.moderate:
-        score += 0.75
-        notes.append("cues: " + ", ".join(sorted(cues.moderate)[:2]))
-    if cues.simple:
-        score -= min(len(cues.simple), 2) * 0.75
-        notes.append("simple cues: " + ", ".join(sorted(cues.simple)[:2]))
-    prose = _CODE_SPAN.sub(" ", user) if code_lines else user
-    if prose.count(",") + prose.count(";") + items >= 6:
-        score += 0.5
-    if code_lines > 40:
-        score += 0.5
-    score += _TASK_LEAN.get(task_type, 0.0) + bias
-    label: Complexity
-    if score >= 2.0:
-        label = "complex"
-    elif score <= -0.75:
-        label = "simple"
-    else:
-        label = "moderate"
-    return label, score, notes
+    x = _complexity_features(user, task_type, tokens, code_lines, items, bias, cues)
+    return _cx.decide(x, tokens)
+
+
+def complexity_features(
+    request: ChatRequest, policy: Policy | None = None
+) -> tuple[dict[str, float], int]:
+    """The complexity features of a request and its prompt tokens (for fitting the weights)."""
+    policy = policy or default_policy()
+    profile = classify(request, policy)
+    system, user = request_texts(request.messages)
+    tokens = profile.estimated_tokens
+    _, _, code_lines, items, cues = _task_scores(system, user, tokens, policy)
+    match = policy.agent(profile.agent_name)
+    bias = policy.agent_classes[match.agent_class].complexity_bias if match else 0.0
+    x = _complexity_features(user, profile.task_type, tokens, code_lines, items, bias, cues)
+    return x, tokens
 
 
 def _metadata_hint(metadata: Mapping[str, Any], *keys: str) -> tuple[str, str] | None:

@@ -13,7 +13,10 @@ How the order is made (each step leaves a reason in `Plan.reasons`):
    complex class's, except for the task types the route leaves alone), the task matrix row
    (primary, fallbacks), the agent class's preferred models, and served catalog models whose
    `strengths` list the task type (strongest first). Every name is resolved through the
-   catalog when the router binds the policy (retired names → successors).
+   catalog when the router binds the policy (retired names → successors). A special-purpose
+   model (catalog `only_for`, such as the safety classifier) is proposed for other task types
+   only by a task matrix row that names it: the class, strength, `@longest_context` and
+   context-fit steps skip it.
 3. Models that cannot take the request are dropped, each with why: tools without tool use,
    JSON mode without JSON support, `max_tokens` above the model's completion limit, or a
    context window that does not fit the prompt plus the completion budget within the margin.
@@ -101,7 +104,8 @@ class _Bound:
 
 
 def _longest(catalog: Catalog) -> list[str]:
-    served = catalog.served()
+    # A special-purpose model is no stand-in for general long-context work.
+    served = [m for m in catalog.served() if not m.only_for]
     if not served:
         return []
     top = max(m.context_window for m in served)
@@ -247,23 +251,28 @@ class Router:
         policy = self.policy
         task = profile.task_type
         ordered: list[tuple[_Resolved, str]] = []
+        catalog = self.catalog
+
+        def for_task(models: list[_Resolved]) -> list[_Resolved]:
+            # A class spans task types; only a task matrix row may send this task type to a
+            # special-purpose model.
+            return [r for r in models if catalog.get(r.model).serves_task(task)]
+
         route = policy.complexity_route(profile.complexity, task)
-        if route is not None and bound.classes.get(route.agent_class):
+        route_models = for_task(bound.classes.get(route.agent_class, [])) if route else []
+        if route is not None and route_models:
             ordered.append(
-                (
-                    bound.classes[route.agent_class][0],
-                    f"complexity {profile.complexity} → {route.agent_class} class",
-                )
+                (route_models[0], f"complexity {profile.complexity} → {route.agent_class} class")
             )
         row = bound.rows.get(task, [])
         for i, r in enumerate(row):
             ordered.append((r, f"task matrix {task} " + ("primary" if i == 0 else "fallback")))
         match = policy.agent(profile.agent_name)
         if match is not None:
-            for r in bound.classes.get(match.agent_class, []):
+            for r in for_task(bound.classes.get(match.agent_class, [])):
                 ordered.append((r, f"agent class {match.agent_class}"))
         strong = sorted(
-            (m for m in self.catalog.served() if task in m.strengths),
+            (m for m in self.catalog.served() if task in m.strengths and m.serves_task(task)),
             key=lambda m: (-m.quality_tier, -m.speed_tier, m.id),
         )
         for m in strong:
@@ -333,7 +342,11 @@ class Router:
         # Nothing the policy proposed fits: any served model that does, largest window first.
         considered = {c.model.id for c in candidates}
         rest = sorted(
-            (m for m in self.catalog.served() if m.id not in considered),
+            (
+                m
+                for m in self.catalog.served()
+                if m.id not in considered and m.serves_task(profile.task_type)
+            ),
             key=lambda m: (-m.context_window, -m.quality_tier, m.id),
         )
         for m in rest:

@@ -42,7 +42,14 @@ from ._request import ChatParams, Tool
 from ._tokens import text_of
 from ._wire import dumps, error_body, new_tool_call_id
 
-__all__ = ["Completion", "generate", "render_chunks", "render_completion", "synthesize"]
+__all__ = [
+    "Completion",
+    "generate",
+    "render_chunks",
+    "render_completion",
+    "synthesize",
+    "synthetic_quality",
+]
 
 _PIECE = re.compile(r"\s*\S{1,4}")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -315,6 +322,25 @@ def generate(params: ChatParams, model: ModelInfo, *, nonce: int | None) -> Comp
 
 
 # -- rendering ---------------------------------------------------------------------------------
+
+
+def synthetic_quality(model: ModelInfo, task_type: str, salt: str = "") -> float:
+    """A stand-in for a quality judge that follows the model's card, for offline learning.
+
+    Work the card says the model is not for (catalog `only_for` leaves the task type out: a
+    safety classifier asked for a code review) scores 0.15-0.25: what a user would see live
+    is an answer that misses the point. Work it is built for (a task type in its `only_for`)
+    scores as a top-tier model would. Otherwise `0.45 + 0.08 * quality_tier`, plus 0.05
+    when the task type is among the model's `strengths`. A stable offset of up to ±0.05 per
+    (model, task type, salt) keeps models of one tier apart, so a learner has something to
+    learn; the result is in [0, 1].
+    """
+    h = hashlib.sha256(f"{model.id}|{task_type}|{salt}".encode()).digest()[0] / 255
+    if not model.serves_task(task_type):
+        return round(0.15 + 0.1 * h, 4)
+    tier = 5 if task_type in model.only_for else model.quality_tier
+    base = 0.45 + 0.08 * tier + (0.05 if task_type in model.strengths else 0.0)
+    return round(min(1.0, max(0.0, base + 0.1 * (h - 0.5))), 4)
 
 
 def fingerprint(model_id: str) -> str:
