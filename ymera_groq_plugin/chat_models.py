@@ -92,6 +92,9 @@ class ChatYmeraGroq(ChatGroq):
     variables). Never serialised."""
     max_wait: float | None = None
     """Seconds a request may wait for quota before trying the next model."""
+    allow_model_fallback: bool | None = None
+    """Let other models answer when `model` has no room or fails (default: off, or
+    `YMERA_ALLOW_MODEL_FALLBACK`): without it, `model="X"` is answered by X or raises."""
     cache_enabled: bool | None = None
     """Turn the response cache on or off (default: on)."""
     cache_sampled: bool | None = None
@@ -135,6 +138,7 @@ class ChatYmeraGroq(ChatGroq):
             "redis_url",
             "data_dir",
             "max_wait",
+            "allow_model_fallback",
             "cache_enabled",
             "cache_sampled",
             "namespace",

@@ -68,6 +68,7 @@ from .config import ApiKey, YmeraSettings
 from .engine import Engine
 from .errors import (
     ContextWindowError,
+    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
     RequestTooLargeError,
@@ -470,7 +471,7 @@ class YmeraLiteLLM(CustomLogger):
             return None, None, True
         except QuotaExhaustedError as exc:
             return None, exc.retry_after, False
-        except NoUsableKeyError:
+        except (NoUsableKeyError, ModelRetiredError):
             return None, None, False
         if grant.org in orgs:
             return grant, None, False
