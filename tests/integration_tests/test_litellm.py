@@ -552,7 +552,10 @@ async def test_a_prompt_no_groq_window_fits_takes_the_context_window_fallbacks(
         {"id": m.id, "context_window": 600, "max_completion_tokens": 100, "limits": LIMITS}
         for m in load_catalog().served()
     ]
-    settings = settings_for(server, settings.data_dir, keys)
+    # Listing the account's models would correct the windows this test makes small.
+    settings = settings_for(server, settings.data_dir, keys).model_copy(
+        update={"models_refresh_interval": 0.0}
+    )
     engine = Engine(settings, catalog=load_catalog(overrides=small))
     model_list = model_list_from_settings(settings, catalog=engine.catalog)
     model_list.append(

@@ -364,3 +364,20 @@ def test_the_404_memory_is_shared_by_processes(
         assert labels.count("key2") >= 4  # org_1 answered 404 at most once
     # Two processes, ten calls: one 404 for the fleet.
     assert rig.four_oh_fours() == {("org_1", A): 1}
+
+
+def test_a_stream_meets_the_404_once_and_moves_to_the_org_that_serves(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(served={"org_1": [BIG]})
+    rig.server.configure_listing(status=503)
+    engine = rig.engine(wait_listing=False)
+    llm = rig.model(engine, model=A)
+    for i in range(3):
+        full: Any = None
+        for chunk in llm.stream(f"streamed {i}"):
+            full = chunk if full is None else full + chunk
+        assert full is not None and full.content
+        assert full.response_metadata["model_name"] == A
+        assert full.response_metadata["key_label"] == "key2"
+    assert rig.four_oh_fours() == {("org_1", A): 1}
