@@ -1163,6 +1163,8 @@ class _Route:
         self.last_error: BaseException | None = None
         self.limited = False
         """Some model was out of quota or rate limited (the final error is a quota error)."""
+        self.not_served: UpstreamError | None = None
+        """The last 404 / `model_decommissioned` answer of the walk."""
         self.notes: list[str] = []
         """What the walk did off the plan's order (models without room, 429s), for the
         answer's route reasons."""
@@ -1261,7 +1263,10 @@ class _Route:
         """
         if self.request.model is None or self.plan.models[0] != model:
             return None  # a routed request just moves on along its plan
-        resolved = self.engine.catalog.resolve(model)
+        try:
+            resolved = self.engine.catalog.resolve(model)
+        except ModelRetiredError as exc:
+            raise exc from self.not_served  # Groq's own 404 stays visible as the cause
         if resolved.model.id == model:
             return None
         logger.warning("%s", resolved.warning)
@@ -1279,6 +1284,7 @@ class _Route:
         if exc.code in NOT_SERVED_CODES:
             # Marked unserved for that organisation (`Engine._report`): the quota hands out
             # another organisation's key for the same model, or says none is served.
+            self.not_served = exc
             self.notes.append(f"groq: {exc.code} for {grant.model} on key {grant.key.label}")
             return
         if isinstance(exc, UpstreamRateLimitError):
