@@ -643,3 +643,25 @@ async def test_failed_attempts_and_retries_leave_nothing_reserved(
     assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
     assert ymera.accounting() == served(server)
     assert engine.stats.as_dict()["failed"] == stats.faults["5xx"]
+
+
+async def test_a_404_deployment_is_filtered_out_after_one_answer(setup: Any) -> None:
+    keys = dict(list(KEYS.items())[:2])
+    roomy = {"rpm": 1000, "rpd": 10_000, "tpm": 100_000, "tpd": 1_000_000}
+    server, settings, engine = await setup(keys, {M: roomy})
+    server.configure_listing(status=503)  # nothing listed: only the 404 memory helps
+    server.set_served("org_a", [BIG])  # org_a is not served M
+    router = Router(
+        model_list=model_list_from_settings(settings, models=[M], catalog=engine.catalog),
+        num_retries=0,
+    )
+    hook(setup, router, engine)
+    answered = 0
+    for n in range(8):
+        try:
+            await router.acompletion(model=M, messages=ask(n))
+            answered += 1
+        except Exception as exc:
+            assert "does not exist" in str(exc)
+    assert answered >= 7
+    assert server.not_served_answers() == {("org_a", M): 1}
