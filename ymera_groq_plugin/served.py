@@ -239,6 +239,7 @@ class ServedModels:
                 # Another process may have listed a moment ago.
                 await self.poll(force=True)
                 if not force and not kicked and not self.due():
+                    await shared.unlock()
                     return False
             except StorageError as exc:
                 logger.warning("served models: Redis unavailable, listing alone: %s", exc)
@@ -367,6 +368,9 @@ class ServedModels:
                     await self.poll()
             except asyncio.CancelledError:
                 raise
+            except StorageError as exc:
+                # Redis away: polled every second, so said quietly (the storage alerts say it).
+                logger.debug("served models: %s", exc)
             except Exception as exc:
                 logger.warning("served models: %s: %s", type(exc).__name__, exc)
             wait = _POLL if self._shared is not None else max(_POLL, self._until_due())
