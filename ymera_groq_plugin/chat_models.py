@@ -3,7 +3,9 @@
 It *is* a `ChatGroq` (a subclass), so it takes the same arguments, binds tools and structured
 output the same way and converts messages with langchain-groq's own code; only the call itself
 goes through the shared `Engine` (cache, routing, key rotation under quota, learning,
-failover). `model=None` means "route for me".
+failover). `model=None` means "route for me"; `model="X"` means X (any id the account serves,
+as `GET /openai/v1/models` lists it), and other models answer only with
+`allow_model_fallback=True`.
 """
 
 from __future__ import annotations
