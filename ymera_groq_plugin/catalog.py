@@ -4,6 +4,11 @@ The embedded data (`data/models.json`) is a snapshot; Groq's model list churns e
 months. Users extend or override it with a JSON file (`YMERA_CATALOG`) or keyword arguments,
 refresh it from Groq's `GET /openai/v1/models`, and the quota ledger later corrects the limits in
 force from response headers.
+
+What the account serves outranks the catalog's dates: once the engine has a listing of the
+account's models (`served.py`), `Catalog.apply_account` records it in place (every part that
+holds the catalog sees it), and `Catalog.is_served` answers from it. The lifecycle dates decide
+only while nothing is known of the account.
 """
 
 from __future__ import annotations
@@ -185,6 +190,10 @@ class Catalog:
         self.serve_successor = serve_successor
         self._today = today
         self._lock = threading.Lock()
+        self._account: frozenset[str] | None = None
+        self._unserved: frozenset[str] = frozenset()
+        self.version = 0
+        """Bumped whenever what the account serves changes (the router re-binds on it)."""
         self._reindex()
 
     def _reindex(self) -> None:
@@ -213,8 +222,9 @@ class Catalog:
         return len(self._models)
 
     def __repr__(self) -> str:
-        served = sum(1 for m in self._models.values() if m.is_served(self.today))
-        return f"<Catalog [{len(self._models)} models, {served} served]>"
+        served = sum(1 for m in self._models.values() if self.is_served(m))
+        source = "" if self._account is None else ", from the account's listing"
+        return f"<Catalog [{len(self._models)} models, {served} served{source}]>"
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -222,8 +232,29 @@ class Catalog:
         return list(self._models.values())
 
     def served(self) -> list[ModelInfo]:
-        """The entries Groq still serves today."""
-        return [m for m in self._models.values() if m.is_served(self.today)]
+        """The entries the account serves (by its listing; by the dates while none is known)."""
+        return [m for m in self._models.values() if self.is_served(m)]
+
+    def is_served(self, model: ModelInfo | str) -> bool:
+        """Whether the account serves `model` (an entry, id or alias).
+
+        The account's listing decides when one is known (`apply_account`), whatever the
+        catalog's dates say; a model that answered 404 or `model_decommissioned` on every
+        organisation is not served until a listing says otherwise. Without a listing, the
+        lifecycle dates decide.
+        """
+        info = model if isinstance(model, ModelInfo) else self.get(model)
+        if info.id in self._unserved:
+            return False
+        account = self._account
+        if account is not None:
+            return info.id in account
+        return info.is_served(self.today)
+
+    @property
+    def account_known(self) -> bool:
+        """Whether a listing of the account's models has been applied."""
+        return self._account is not None
 
     def get(self, name: str) -> ModelInfo:
         """The entry for an id or alias, whatever its lifecycle.
@@ -250,15 +281,16 @@ class Catalog:
                 served successor.
         """
         model = self.get(name)
-        if model.is_served(self.today):
+        if self.is_served(model):
             return ResolvedModel(requested=name, model=model)
         seen = {model.id}
         current = model
-        while not current.is_served(self.today):
+        gone = self._gone(model)
+        while not self.is_served(current):
             successor = current.lifecycle.successor
             if not self.serve_successor or successor is None or successor not in self:
                 raise ModelRetiredError(
-                    f"Model {model.id!r} was shut down on {model.lifecycle.shutdown_on}"
+                    f"Model {model.id!r} {gone}"
                     + (
                         f"; its successor is {successor!r} (serving it in its place is turned"
                         " off: set serve_successor=True or YMERA_SERVE_SUCCESSOR=1)."
@@ -272,11 +304,16 @@ class Catalog:
             if current.id in seen:
                 raise ConfigurationError(f"Successor cycle in the catalog at {current.id!r}")
             seen.add(current.id)
-        warning = (
-            f"Model {model.id!r} was shut down on {model.lifecycle.shutdown_on}; "
-            f"serving {current.id!r} instead."
-        )
+        warning = f"Model {model.id!r} {gone}; serving {current.id!r} instead."
         return ResolvedModel(requested=name, model=current, warning=warning)
+
+    def _gone(self, model: ModelInfo) -> str:
+        """Why `model` is not served, for messages."""
+        if model.id in self._unserved:
+            return "answered 404 or model_decommissioned on every organisation of the account"
+        if self._account is not None:
+            return "is not in the account's model listing (GET /openai/v1/models)"
+        return f"was shut down on {model.lifecycle.shutdown_on}"
 
     def fallback_chain(self, name: str) -> list[ModelInfo]:
         """The served models to try after `name`, in order, without repeats."""
@@ -325,47 +362,140 @@ class Catalog:
 
         Known models take `context_window` and `max_completion_tokens` from the answer; a known
         model missing from the answer, or marked `active: false`, is marked shut down; an unknown
-        active model is added with conservative defaults (the smallest published free-plan
-        limits) until headers correct them.
+        active model is added with conservative limits (`conservative_limits`) until headers
+        correct them.
+
+        Raises:
+            ConfigurationError: The answer has no `data` list.
         """
-        data = payload.get("data")
-        if not isinstance(data, list):
-            raise ConfigurationError("GET /openai/v1/models answer has no 'data' list")
-        listed: dict[str, Mapping[str, Any]] = {
-            str(d["id"]): d for d in data if isinstance(d, Mapping) and "id" in d
+        listed = {
+            mid: e for mid, e in listed_models(payload).items() if e.get("active") is not False
         }
+        fresh = Catalog(self, serve_successor=self.serve_successor, today=self._today)
+        fresh._merge_listed(listed)
         models: dict[str, ModelInfo] = {}
-        for mid, m in self._models.items():
-            live = listed.get(mid)
-            if live is None or live.get("active") is False:
-                if m.is_served(self.today):
-                    lc = m.lifecycle.model_copy(update={"status": "shutdown"})
-                    m = m.model_copy(update={"lifecycle": lc})
-            else:
-                update: dict[str, Any] = {}
-                if isinstance(live.get("context_window"), int):
-                    update["context_window"] = live["context_window"]
-                if isinstance(live.get("max_completion_tokens"), int):
-                    update["max_completion_tokens"] = live["max_completion_tokens"]
-                m = m.model_copy(update=update)
+        for mid, m in fresh._models.items():
+            if mid not in listed and m.is_served(fresh.today):
+                lc = m.lifecycle.model_copy(update={"status": "shutdown"})
+                m = m.model_copy(update={"lifecycle": lc})
             models[mid] = m
+        return Catalog(models.values(), serve_successor=self.serve_successor, today=self._today)
+
+    def conservative_limits(self) -> ModelLimits:
+        """The smallest published free-plan limit of each kind in the catalog: the limits of a
+        served model the catalog does not know, until Groq's headers and 429 texts say more."""
+
+        def smallest(kind: str) -> int | None:
+            values = [v for m in self._models.values() if (v := getattr(m.limits, kind))]
+            return min(values) if values else None
+
+        return ModelLimits(
+            rpm=smallest("rpm"), rpd=smallest("rpd"), tpm=smallest("tpm"), tpd=smallest("tpd")
+        )
+
+    def _merge_listed(self, listed: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Take windows from the listing and add the chat models the catalog lacks (in place).
+
+        Returns:
+            Whether any entry changed.
+        """
+        # A new dict, swapped in whole: readers in other threads iterate the old one.
+        models = dict(self._models)
+        changed = False
+        limits: ModelLimits | None = None
         for mid, live in listed.items():
-            if mid in models or live.get("active") is False:
-                continue
-            if mid.startswith(("whisper", "playai", "canopylabs")) or "guard" in mid:
-                # Speech and guard models are not chat models for routing.
-                continue
             ctx = live.get("context_window")
             mct = live.get("max_completion_tokens")
+            known = models.get(mid)
+            if known is None and mid.lower() in self._names:
+                continue  # an alias of a known model: its entry answers for it
+            if known is not None:
+                update: dict[str, Any] = {}
+                if isinstance(ctx, int) and ctx > 0 and ctx != known.context_window:
+                    update["context_window"] = ctx
+                if isinstance(mct, int) and mct > 0 and mct != known.max_completion_tokens:
+                    update["max_completion_tokens"] = mct
+                if update:
+                    models[mid] = known.model_copy(update=update)
+                    changed = True
+                continue
+            if not is_chat_model(mid):
+                continue
+            limits = limits or self.conservative_limits()
             models[mid] = ModelInfo(
                 id=mid,
                 context_window=ctx if isinstance(ctx, int) and ctx > 0 else 8192,
                 max_completion_tokens=mct if isinstance(mct, int) and mct > 0 else 8192,
-                limits=ModelLimits(rpm=30, rpd=1000, tpm=6000, tpd=100000),
-                limits_note="Added from GET /models; limits are conservative defaults.",
+                limits=limits,
+                limits_note=(
+                    "Served by the account but not in the catalog: the smallest free-plan limits"
+                    " of the catalog until Groq's headers and 429 texts correct them."
+                ),
                 lifecycle=Lifecycle(status="preview"),
             )
-        return Catalog(models.values(), serve_successor=self.serve_successor, today=self._today)
+            changed = True
+        if changed:
+            self._models = models
+            self._reindex()
+        return changed
+
+    def apply_account(
+        self,
+        listed: Mapping[str, Mapping[str, Any]] | None,
+        unserved: Iterable[str] = (),
+    ) -> bool:
+        """Record, in place, what the account serves; it outranks the lifecycle dates.
+
+        Args:
+            listed: Model id → its `GET /openai/v1/models` entry, over every organisation of
+                the account (`None`: no listing is known; the dates decide). Models the catalog
+                lacks are added with `conservative_limits`; known ones take the listing's
+                `context_window` and `max_completion_tokens`.
+            unserved: Ids that answered 404 or `model_decommissioned` on every organisation
+                since the listing.
+
+        Returns:
+            Whether what the catalog answers changed.
+        """
+        with self._lock:
+            changed = False
+            account: frozenset[str] | None = None
+            if listed is not None:
+                active = {mid: e for mid, e in listed.items() if e.get("active") is not False}
+                changed = self._merge_listed(active)
+                account = frozenset(mid for mid in active if mid in self._models)
+            gone = frozenset(unserved)
+            if account != self._account or gone != self._unserved:
+                self._account = account
+                self._unserved = gone
+                changed = True
+            if changed:
+                self.version += 1
+            return changed
+
+
+def is_chat_model(model_id: str) -> bool:
+    """Whether a listed id is a chat model worth routing to (speech and guard models are not)."""
+    return not (
+        model_id.startswith(("whisper", "playai", "canopylabs", "distil-whisper"))
+        or "guard" in model_id
+    )
+
+
+def listed_models(payload: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Model id → entry of a `GET /openai/v1/models` answer.
+
+    Raises:
+        ConfigurationError: The answer has no `data` list.
+    """
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    if not isinstance(data, list):
+        raise ConfigurationError("GET /openai/v1/models answer has no 'data' list")
+    return {
+        str(d["id"]): d
+        for d in data
+        if isinstance(d, Mapping) and isinstance(d.get("id"), str) and d["id"].strip()
+    }
 
 
 def _parse_entry(raw: Mapping[str, Any], *, origin: str) -> ModelInfo:

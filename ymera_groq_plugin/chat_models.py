@@ -3,7 +3,9 @@
 It *is* a `ChatGroq` (a subclass), so it takes the same arguments, binds tools and structured
 output the same way and converts messages with langchain-groq's own code; only the call itself
 goes through the shared `Engine` (cache, routing, key rotation under quota, learning,
-failover). `model=None` means "route for me".
+failover). `model=None` means "route for me"; `model="X"` means X (any id the account serves,
+as `GET /openai/v1/models` lists it), and other models answer only with
+`allow_model_fallback=True`.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class ChatYmeraGroq(ChatGroq):
     variables). Never serialised."""
     max_wait: float | None = None
     """Seconds a request may wait for quota before trying the next model."""
+    allow_model_fallback: bool | None = None
+    """Let other models answer when `model` has no room or fails (default: off, or
+    `YMERA_ALLOW_MODEL_FALLBACK`): without it, `model="X"` is answered by X or raises."""
     cache_enabled: bool | None = None
     """Turn the response cache on or off (default: on)."""
     cache_sampled: bool | None = None
@@ -135,6 +140,7 @@ class ChatYmeraGroq(ChatGroq):
             "redis_url",
             "data_dir",
             "max_wait",
+            "allow_model_fallback",
             "cache_enabled",
             "cache_sampled",
             "namespace",

@@ -180,7 +180,15 @@ class YmeraSettings(BaseSettings):
     policy_path: Path | None = Field(default=None, validation_alias="YMERA_POLICY")
     """A JSON file that overrides the routing policy (task matrix, agent classes)."""
     serve_successor: bool = True
-    """Serve a shut-down model's successor (with a warning) instead of refusing."""
+    """Serve the successor (with a warning) of a model the account no longer serves (not in
+    its listing, or 404 / `model_decommissioned` on every organisation) instead of refusing."""
+    allow_model_fallback: bool = False
+    """Let `model="X"` be answered by X's catalog fallbacks when X has no room or fails; off:
+    pinned means pinned (X, waiting up to `max_wait`, else `QuotaExhaustedError`)."""
+    models_refresh_interval: float = Field(default=3600.0, ge=0)
+    """Seconds between listings of the account's models (`GET /openai/v1/models`, one key per
+    organisation, in the background); also re-listed right after a 404 or
+    `model_decommissioned`. 0 turns discovery off (the catalog's dates decide)."""
     context_margin: float = Field(default=0.9, gt=0, le=1)
     """Share of a context window a request may fill."""
     max_wait: float = Field(default=10.0, ge=0)

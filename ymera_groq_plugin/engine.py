@@ -23,7 +23,9 @@ Failure rules (DESIGN.md, issue 6), all decided in one place (`_Route.failed`):
 | 5xx, 498, timeout, lost connection | the same model after a jittered backoff, `max_retries`  |
 |                                    | times inside the budget; then the next model            |
 | 401 / 403                          | disable the key everywhere; another key, else next model|
-| 404, decommissioned model          | the next model                                          |
+| 404, decommissioned model          | mark (organisation, model) unserved for the fleet and   |
+|                                    | list the account's models again; another organisation,  |
+|                                    | then (routed) the next model or (pinned) the successor  |
 | `event: error` inside a 200 stream | `StreamError`; fails over only while no token has       |
 |                                    | reached the caller; nothing is cached                   |
 | any other 4xx                      | raised as it is (the request itself is wrong)           |
@@ -59,17 +61,20 @@ from .config import YmeraSettings
 from .errors import (
     ConfigurationError,
     InvalidRequestError,
+    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
     RequestTooLargeError,
     StorageError,
     StreamError,
+    UnknownModelError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimitError,
     UpstreamTimeoutError,
     YmeraError,
 )
+from .served import NOT_SERVED_CODES
 from .types import ChatRequest, ChatResult, Execution, Plan
 
 if TYPE_CHECKING:
@@ -77,6 +82,7 @@ if TYPE_CHECKING:
     from .learning import Learner
     from .quota import Grant, QuotaManager
     from .routing import Router
+    from .served import ServedModels
     from .transport import FallbackTransport, GroqTransport
 
 __all__ = ["Engine", "StreamEvent"]
@@ -119,6 +125,7 @@ class _Stats:
         self.upstream_calls = 0
         self.rate_limited_received = 0
         self.rate_limited_avoided = 0
+        self.not_served_received = 0
         self.fallback_used = 0
         self.latencies_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.by_model: Counter[str] = Counter()
@@ -139,6 +146,7 @@ class _Stats:
                 "upstream_calls": self.upstream_calls,
                 "rate_limited_received": self.rate_limited_received,
                 "rate_limited_avoided": self.rate_limited_avoided,
+                "not_served_received": self.not_served_received,
                 "fallback_used": self.fallback_used,
                 "avg_latency_ms": (sum(lat) / len(lat)) if lat else 0.0,
                 "p50_latency_ms": lat[len(lat) // 2] if lat else 0.0,
@@ -236,8 +244,13 @@ class Engine:
             for k, v in (fallback_api_keys or {}).items()
         }
         self.router = router or Router(
-            self.catalog, load_policy(s.policy_path), learner, context_margin=s.context_margin
+            self.catalog,
+            load_policy(s.policy_path),
+            learner,
+            context_margin=s.context_margin,
+            allow_model_fallback=s.allow_model_fallback,
         )
+        self._served: ServedModels | None = None
         self.stats = _Stats()
         self._started: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -338,12 +351,47 @@ class Engine:
                 api_keys=self._fallback_api_keys,
                 api_bases=self._fallback_api_bases,
             )
+        await self._start_served()
         if self._learner is not None:
             # Evidence recorded by earlier runs and other workers counts from the first plan.
             try:
                 await self._learner.refresh()
             except Exception as exc:
                 logger.warning("learning history not loaded: %s: %s", type(exc).__name__, exc)
+
+    async def _start_served(self) -> None:
+        """Route on the last known listing of the account's models, and list again in the
+        background (never on a request's path; see `served.py`)."""
+        from .served import ServedModels
+
+        quota = self.quota
+        transport = self._transport
+        assert transport is not None
+        timeout = min(10.0, self.settings.request_timeout)
+
+        async def lister(key: Any) -> dict[str, Any]:
+            return await transport.alist_models(key=key, timeout=timeout)
+
+        served = ServedModels.from_settings(
+            self.settings,
+            self.catalog,
+            groups=lambda: quota.pool.groups(),
+            lister=lister,
+            clock=self.clock,
+        )
+        try:
+            await served.load()
+        except Exception as exc:
+            logger.warning("served models not loaded: %s: %s", type(exc).__name__, exc)
+        quota.served = served.serves
+        self._served = served
+        if self.settings.models_refresh_interval > 0:
+            served.start()
+
+    @property
+    def served(self) -> ServedModels | None:
+        """What the account serves, per organisation (after `start`)."""
+        return self._served
 
     async def astart(self) -> Engine:
         """Build the loop-bound parts (quota, learner, transport) on the portal; idempotent."""
@@ -415,7 +463,14 @@ class Engine:
         with contextlib.suppress(Exception):
             await monitor_for(self).aclose()
         await self.aflush()
-        for part in (self._transport, self._fallback, self._cache, self._learner, self._quota):
+        for part in (
+            self._served,
+            self._transport,
+            self._fallback,
+            self._cache,
+            self._learner,
+            self._quota,
+        ):
             closer = getattr(part, "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -442,7 +497,8 @@ class Engine:
 
         Raises:
             InvalidRequestError: Empty or malformed messages, or bad parameters.
-            UnknownModelError: An explicit model that the catalog does not know.
+            UnknownModelError: An explicit model that neither the catalog nor the account's
+                listing knows.
             ModelRetiredError: A shut-down model whose successor may not serve.
             NoUsableKeyError: No key is configured.
         """
@@ -481,7 +537,13 @@ class Engine:
         if n not in (None, 1):
             raise InvalidRequestError("Groq supports n=1 only.")
         if request.model is not None:
-            self.catalog.resolve(request.model)
+            try:
+                self.catalog.resolve(request.model)
+            except UnknownModelError:
+                # A model newer than the catalog may be served by the account: decided once
+                # the first listing is known (`_check_model`).
+                if self.catalog.account_known or self.settings.models_refresh_interval <= 0:
+                    raise
         if not self.settings.api_keys:
             raise NoUsableKeyError(
                 "No Groq API key is configured: set GROQ_API_KEY (and GROQ_API_KEY_2, …) or "
@@ -495,7 +557,11 @@ class Engine:
             UnknownModelError: `request.model` is not in the catalog.
             ContextWindowError: No served model fits the prompt plus the completion budget.
         """
-        return self.router.plan(request, self.router.profile(request))
+        plan = self.router.plan(request, self.router.profile(request))
+        if request.model is not None and plan.reasons and "instead" in plan.reasons[0]:
+            # The pinned model is not served (listing, 404s or dates): say so where it shows.
+            logger.warning("%s", plan.reasons[0].removeprefix("request.model: "))
+        return plan
 
     # -- crossing to the portal ------------------------------------------------------------
 
@@ -605,8 +671,20 @@ class Engine:
             self.stats.bump(requests=1, succeeded=1, cache_hits=1)
         return hit
 
+    async def _check_model(self, request: ChatRequest) -> None:
+        """An explicit model the catalog does not know waits for the first listing of the
+        account's models (bounded), which adds it if the account serves it."""
+        model = request.model
+        if model is None or model in self.catalog:
+            return
+        served = self._served
+        if served is not None and not served.known:
+            await served.wait_first()
+        self.catalog.resolve(model)  # UnknownModelError when the listing lacks it too
+
     async def _serve(self, request: ChatRequest) -> ChatResult:
         await self._ensure_started()
+        await self._check_model(request)
         self.stats.bump(requests=1)
         started = time.perf_counter()
         try:
@@ -681,6 +759,9 @@ class Engine:
         """Tell the quota (and, for the model's own failures, the learner) about a failure."""
         if isinstance(exc, UpstreamRateLimitError):
             self.stats.bump(rate_limited_received=1)
+        if exc.code in NOT_SERVED_CODES and self._served is not None:
+            self.stats.bump(not_served_received=1)
+            await asyncio.shield(self._served.mark(grant.org, grant.model))
         await asyncio.shield(
             self.quota.report_failure(
                 grant, status=exc.status_code, rate_limits=exc.rate_limits, message=str(exc)
@@ -917,6 +998,7 @@ class Engine:
 
     async def _stream_on_portal(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         await self._ensure_started()
+        await self._check_model(request)
         self.stats.bump(requests=1)
         started = time.perf_counter()
         error: BaseException | None = None
@@ -1081,6 +1163,8 @@ class _Route:
         self.last_error: BaseException | None = None
         self.limited = False
         """Some model was out of quota or rate limited (the final error is a quota error)."""
+        self.not_served: UpstreamError | None = None
+        """The last 404 / `model_decommissioned` answer of the walk."""
         self.notes: list[str] = []
         """What the walk did off the plan's order (models without room, 429s), for the
         answer's route reasons."""
@@ -1155,11 +1239,39 @@ class _Route:
                 self.notes.append(f"quota: {self.model} had no room{room} → next model")
                 self._wait_for(self.model, exc.retry_after)
                 self._drop_model()
+            except ModelRetiredError as exc:
+                # No organisation of the account is served this model (listing or 404s).
+                self.last_error = exc
+                self.notes.append(f"served: {self.model} is served on no organisation")
+                model = self.model
+                self._drop_model()
+                successor = self._successor(model)
+                if successor is not None and successor not in self.queue:
+                    self.queue.insert(0, successor)
             except NoUsableKeyError as exc:
                 self.last_error = exc
                 if not engine.settings.fallback_models:
                     raise
                 return None
+
+    def _successor(self, model: str) -> str | None:
+        """For the model the request pinned: what serves in its place now that the account
+        does not serve it (with a warning), or the typed error when nothing may.
+
+        Raises:
+            ModelRetiredError: `serve_successor` is off, or no successor is served.
+        """
+        if self.request.model is None or self.plan.models[0] != model:
+            return None  # a routed request just moves on along its plan
+        try:
+            resolved = self.engine.catalog.resolve(model)
+        except ModelRetiredError as exc:
+            raise exc from self.not_served  # Groq's own 404 stays visible as the cause
+        if resolved.model.id == model:
+            return None
+        logger.warning("%s", resolved.warning)
+        self.notes.append(f"request.model: {resolved.warning}")
+        return resolved.model.id
 
     async def failed(self, grant: Grant, exc: UpstreamError) -> None:
         """Decide what a failed call means for the rest of the walk (already reported).
@@ -1169,6 +1281,12 @@ class _Route:
         """
         engine = self.engine
         self.last_error = exc
+        if exc.code in NOT_SERVED_CODES:
+            # Marked unserved for that organisation (`Engine._report`): the quota hands out
+            # another organisation's key for the same model, or says none is served.
+            self.not_served = exc
+            self.notes.append(f"groq: {exc.code} for {grant.model} on key {grant.key.label}")
+            return
         if isinstance(exc, UpstreamRateLimitError):
             self.limited = True
             self.notes.append(

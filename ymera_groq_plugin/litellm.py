@@ -68,6 +68,7 @@ from .config import ApiKey, YmeraSettings
 from .engine import Engine
 from .errors import (
     ContextWindowError,
+    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
     RequestTooLargeError,
@@ -317,6 +318,15 @@ def _failure_facts(exception: BaseException) -> tuple[int | None, RateLimits, st
     return status, rl, message
 
 
+def _not_served(status: int | None, message: str) -> bool:
+    """Whether a failure is Groq's 404 `model_not_found` or `model_decommissioned`."""
+    if "model_decommissioned" in message or "has been decommissioned" in message:
+        return True
+    return status == 404 and (
+        "model_not_found" in message or "does not exist or you do not have access" in message
+    )
+
+
 # -- the callback --------------------------------------------------------------------------
 
 
@@ -470,7 +480,7 @@ class YmeraLiteLLM(CustomLogger):
             return None, None, True
         except QuotaExhaustedError as exc:
             return None, exc.retry_after, False
-        except NoUsableKeyError:
+        except (NoUsableKeyError, ModelRetiredError):
             return None, None, False
         if grant.org in orgs:
             return grant, None, False
@@ -777,6 +787,11 @@ class YmeraLiteLLM(CustomLogger):
         await self.engine.quota.report_failure(
             hold.grant, status=status, rate_limits=rl, message=message
         )
+        served = self.engine.served
+        if served is not None and _not_served(status, message):
+            # Remembered for the fleet: that organisation's deployments of the model are
+            # filtered out until a listing says it is served again.
+            await served.mark(hold.grant.org, hold.grant.model)
         latency = (time.perf_counter() - hold.started) * 1000
         stats = self.engine.stats
         with stats.lock:

@@ -688,7 +688,7 @@ class Monitor:
             try:
                 info = engine.catalog.get(name)
                 defaults: dict[str, int | None] = info.limits.as_dict()
-                served = info.is_served(engine.catalog.today)
+                served = engine.catalog.is_served(info)
             except Exception:
                 defaults = dict.fromkeys(KINDS)
                 served = False

@@ -45,6 +45,7 @@ from .clock import Clock
 from .config import ApiKey
 from .errors import (
     InvalidRequestError,
+    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
     RequestTooLargeError,
@@ -853,6 +854,9 @@ class QuotaManager:
         self._id_prefix = os.urandom(6).hex() + "-"
         self._touched: set[tuple[str, str]] = set()
         self._closed = False
+        self.served: Callable[[str, str], bool] | None = None
+        """(organisation, model) → whether that organisation is served the model (set by the
+        engine from the account's listings and 404s); `None`: every organisation is."""
 
     @classmethod
     def from_settings(
@@ -902,6 +906,7 @@ class QuotaManager:
 
         Raises:
             UnknownModelError: The catalog has no such model.
+            ModelRetiredError: No organisation of the account is served the model (`served`).
             RequestTooLargeError: The prompt can never fit the model's tokens-per-minute (or
                 per-day) limit, or Groq already refused one this large (413).
             QuotaExhaustedError: No room within `wait`; `retry_after` is the earliest time.
@@ -995,6 +1000,16 @@ class QuotaManager:
                 "No usable Groq key: "
                 + ("every key is disabled (401/403)." if len(self.pool) else "none configured.")
             )
+        served = self.served
+        if served is not None:
+            groups = [(org, keys) for org, keys in groups if served(org, model)]
+            if not groups:
+                raise ModelRetiredError(
+                    f"The account serves {model} on none of its organisations (its model "
+                    "listing, or a 404 / model_decommissioned answer on each).",
+                    model=model,
+                    successor=info.lifecycle.successor,
+                )
         tokens = self._reserve_amount(model, prompt_tokens)
         defaults = self.ledger.defaults(model)
         ranked: list[tuple[float, int, str, list[ApiKey]]] = []

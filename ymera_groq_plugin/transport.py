@@ -808,6 +808,58 @@ class GroqTransport:
             request_id=request_id,
         )
 
+    async def alist_models(
+        self,
+        *,
+        key: ApiKey,
+        timeout: float | None = None,  # noqa: ASYNC109 - also the httpx per-read timeout
+    ) -> dict[str, Any]:
+        """`GET /openai/v1/models` with one key: the models its organisation is served.
+
+        Args:
+            key: The key to ask with (any key of the organisation answers the same).
+            timeout: Seconds for the whole call (default: the transport's).
+
+        Returns:
+            Groq's answer (`{"object": "list", "data": [...]}`).
+
+        Raises:
+            UpstreamError: Or a subclass, as for chat calls; a body without a `data` list is an
+                `UpstreamError` too.
+        """
+        budget = self.timeout if timeout is None else float(timeout)
+        secret = key.secret.get_secret_value()
+        url = self.base_url + "/openai/v1/models"
+        headers = {**self._base_headers, "Authorization": f"Bearer {secret}"}
+        headers.pop("Content-Type", None)
+        with map_exceptions(key_label=key.label, secrets=(secret,), timeout=budget):
+            async with asyncio.timeout(budget):
+                response = await self._http().get(
+                    url, headers=headers, timeout=self._httpx_timeout(budget)
+                )
+        body = _response_body(response)
+        status = response.status_code
+        if not 200 <= status < 300:
+            error = _status_error(
+                status, body, response.headers, model=None, key_label=key.label, secrets=(secret,)
+            )
+            _raise(error, None, (secret,))
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            _raise(
+                UpstreamError(
+                    _describe(
+                        "Groq's model listing has no 'data' list",
+                        status=status,
+                        key_label=key.label,
+                    ),
+                    status_code=status,
+                    retryable=False,
+                ),
+                None,
+                (secret,),
+            )
+        return body
+
     async def astream(
         self,
         *,

@@ -28,7 +28,7 @@ from ymera_groq_plugin import ChatYmeraGroq
 from ymera_groq_plugin.catalog import load_catalog
 from ymera_groq_plugin.config import YmeraSettings
 from ymera_groq_plugin.engine import Engine
-from ymera_groq_plugin.errors import StreamError, UpstreamError
+from ymera_groq_plugin.errors import ModelRetiredError, StreamError, UpstreamError
 
 SECRET = "gsk_replay00000000000000000000000000000000000000000"
 JOKE = "Tell me a joke about opentelemetry"
@@ -95,7 +95,10 @@ CATALOG = load_catalog(
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    settings = YmeraSettings(api_keys=[SECRET], data_dir=tmp_path, max_wait=0.0)
+    # Some tests here fail over from an explicit model (the opt-in).
+    settings = YmeraSettings(
+        api_keys=[SECRET], data_dir=tmp_path, max_wait=0.0, allow_model_fallback=True
+    )
     eng = Engine(settings, catalog=CATALOG).start()
     yield eng
     eng.close()
@@ -213,12 +216,14 @@ def test_event_error_inside_a_200_stream_is_not_an_answer(engine: Engine) -> Non
 
 @pytest.mark.vcr("chat-model-not-found-404.yaml")
 def test_unknown_upstream_model_is_a_typed_error(engine: Engine) -> None:
-    # The catalog knows the id (here), Groq does not: 404 ends the plan with a typed error.
+    # The catalog knows the id (here), Groq does not: the 404 on the only organisation ends
+    # the plan with a typed error (no successor), Groq's 404 as its cause.
     catalog = load_catalog(overrides=[_old("llama-3.3-70b-versatlie", 131072)])
     other = Engine(engine.settings, catalog=catalog).start()
     try:
-        with pytest.raises(UpstreamError) as info:
+        with pytest.raises(ModelRetiredError) as info:
             ChatYmeraGroq(engine=other, model="llama-3.3-70b-versatlie").invoke("Hello")
-        assert info.value.status_code == 404
+        cause = info.value.__cause__
+        assert isinstance(cause, UpstreamError) and cause.status_code == 404
     finally:
         other.close()

@@ -89,6 +89,9 @@ def rig_factory(tmp_path: Path) -> Iterator[Any]:
         server = GroqTestServer(keys, limits=server_limits, faults=faults).start()
         settings.setdefault("max_wait", 0.0)
         settings.setdefault("request_timeout", 5.0)
+        # These tests exercise failover along models from an explicit one (the opt-in);
+        # pinned models are `test_served.py`'s.
+        settings.setdefault("allow_model_fallback", True)
         s = YmeraSettings(
             api_keys=engine_keys or list(keys),
             base_url=server.base_url,

@@ -552,7 +552,10 @@ async def test_a_prompt_no_groq_window_fits_takes_the_context_window_fallbacks(
         {"id": m.id, "context_window": 600, "max_completion_tokens": 100, "limits": LIMITS}
         for m in load_catalog().served()
     ]
-    settings = settings_for(server, settings.data_dir, keys)
+    # Listing the account's models would correct the windows this test makes small.
+    settings = settings_for(server, settings.data_dir, keys).model_copy(
+        update={"models_refresh_interval": 0.0}
+    )
     engine = Engine(settings, catalog=load_catalog(overrides=small))
     model_list = model_list_from_settings(settings, catalog=engine.catalog)
     model_list.append(
@@ -640,3 +643,27 @@ async def test_failed_attempts_and_retries_leave_nothing_reserved(
     assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
     assert ymera.accounting() == served(server)
     assert engine.stats.as_dict()["failed"] == stats.faults["5xx"]
+
+
+async def test_a_404_deployment_is_filtered_out_after_one_answer(setup: Any) -> None:
+    keys = dict(list(KEYS.items())[:2])
+    roomy = {"rpm": 1000, "rpd": 10_000, "tpm": 100_000, "tpd": 1_000_000}
+    server, settings, engine = await setup(keys, {M: roomy})
+    server.configure_listing(status=503)  # nothing listed: only the 404 memory helps
+    server.set_served("org_a", [BIG])  # org_a is not served M
+    router = Router(
+        model_list=model_list_from_settings(settings, models=[M], catalog=engine.catalog),
+        num_retries=0,
+    )
+    hook(setup, router, engine)
+    answered = 0
+    errors: list[str] = []
+    for n in range(8):
+        try:
+            await router.acompletion(model=M, messages=ask(n))
+            answered += 1
+        except Exception as exc:
+            errors.append(str(exc))
+    assert answered >= 7
+    assert all("does not exist" in e for e in errors)
+    assert server.not_served_answers() == {("org_a", M): 1}

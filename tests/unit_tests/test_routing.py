@@ -170,8 +170,16 @@ def test_bad_context_margin(catalog: Catalog) -> None:
 # -- plan: explicit model ------------------------------------------------------------------------
 
 
+def test_explicit_model_is_pinned_without_the_opt_in(catalog: Catalog) -> None:
+    plan = Router(catalog).plan(req(model=G120), profile("general"))
+    assert plan.models == (G120,)
+    assert any("pinned" in r for r in plan.reasons)
+    assert Router(catalog).plan(req(model="gpt-oss-120b"), profile("general")).models == (G120,)
+
+
 def test_explicit_alias_goes_first_with_its_fallback_chain(catalog: Catalog) -> None:
-    plan = Router(catalog).plan(req(model="gpt-oss-120b"), profile("general"))
+    router = Router(catalog, allow_model_fallback=True)
+    plan = router.plan(req(model="gpt-oss-120b"), profile("general"))
     assert plan.models == (G120, G20, QWEN)
     assert any("alias of openai/gpt-oss-120b" in r for r in plan.reasons)
     assert any(r.startswith("catalog fallbacks: ") for r in plan.reasons)
@@ -193,7 +201,7 @@ def test_explicit_unknown_or_refused_model_raises(catalog: Catalog) -> None:
 
 
 def test_explicit_model_stays_first_when_out_of_quota(catalog: Catalog) -> None:
-    plan = Router(catalog).plan(
+    plan = Router(catalog, allow_model_fallback=True).plan(
         req(model=G120), profile("general"), headroom={G120: 0.0, G20: 0.0}
     )
     assert plan.models == (G120, QWEN, G20)
@@ -295,7 +303,7 @@ def _prompt(words: int) -> tuple[ChatRequest, int]:
 
 
 def test_context_just_fits_and_just_does_not(long_catalog: Catalog) -> None:
-    router = Router(long_catalog)
+    router = Router(long_catalog, allow_model_fallback=True)
     usable = int(16384 * 0.9)  # gpt-oss-20b here: 14745 tokens of 16384
     request, prompt = _prompt(5000)
     fits = ChatRequest(messages=request.messages, model=G20,
@@ -312,6 +320,15 @@ def test_context_just_fits_and_just_does_not(long_catalog: Catalog) -> None:
         f"{usable - prompt + 1}) > {usable} (90% of 16384)"
     )
     assert plan.models == (QWEN, G120)  # its catalog fallbacks still fit
+
+
+def test_a_pinned_model_that_does_not_fit_is_refused(long_catalog: Catalog) -> None:
+    router = Router(long_catalog)
+    request, prompt = _prompt(5000)
+    over = ChatRequest(messages=request.messages, model=G20,
+                       params={"max_tokens": int(16384 * 0.9) - prompt + 1})
+    with pytest.raises(ContextWindowError, match="allow_model_fallback"):
+        router.plan(over)
 
 
 def test_default_completion_budget_is_capped(long_catalog: Catalog) -> None:

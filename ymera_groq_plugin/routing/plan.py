@@ -5,9 +5,10 @@ calls it through `explain_route`, and tests call it with made-up headroom.
 
 How the order is made (each step leaves a reason in `Plan.reasons`):
 
-1. An explicit `request.model` is resolved through the catalog (a shut-down model becomes its
-   successor, with a warning; an unknown or retired one raises) and goes first, followed by
-   its catalog fallback chain. Steps 2-4 are skipped.
+1. An explicit `request.model` is resolved through the catalog (a model the account no longer
+   serves becomes its successor, with a warning; an unknown or retired one raises) and is the
+   whole plan: pinned means pinned. Only with `allow_model_fallback` does its catalog fallback
+   chain follow it. Steps 2-4 are skipped.
 2. Otherwise the policy proposes candidates, in this order, without repeats:
    the complexity route's model (`simple` → the fast class's first model, `complex` → the
    complex class's, except for the task types the route leaves alone), the task matrix row
@@ -40,7 +41,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..catalog import Catalog, ModelInfo, load_catalog
-from ..errors import ConfigurationError, ContextWindowError, ModelRetiredError, UnknownModelError
+from ..errors import (
+    ConfigurationError,
+    ContextWindowError,
+    InvalidRequestError,
+    ModelRetiredError,
+    UnknownModelError,
+)
 from ..types import ChatRequest, Message, Plan, Profile
 from .classify import classify
 from .policy import LONGEST_CONTEXT, Policy, default_policy, load_policy
@@ -129,6 +136,8 @@ class Router:
             `router.learner` later.
         context_margin: Share of a context window a request may fill (0.9 keeps 10 % for the
             estimate's error).
+        allow_model_fallback: Let an explicit model's plan continue with its catalog fallbacks
+            (off: `model="X"` is answered by X or not at all).
 
     Raises:
         ConfigurationError: The margin is out of (0, 1], or the policy names a model the
@@ -142,6 +151,7 @@ class Router:
         learner: Learner | None = None,
         *,
         context_margin: float = 0.9,
+        allow_model_fallback: bool = False,
     ) -> None:
         if not 0 < context_margin <= 1:
             raise ConfigurationError(
@@ -152,8 +162,9 @@ class Router:
         self.policy = policy or default_policy()
         self.learner = learner
         self.context_margin = context_margin
+        self.allow_model_fallback = allow_model_fallback
         self._lock = threading.Lock()
-        self._bound_on: dt.date | None = None
+        self._bound_on: tuple[dt.date, int] | None = None
         self._bound: _Bound = self._bind()
 
     def __repr__(self) -> str:
@@ -163,13 +174,14 @@ class Router:
         )
 
     def _bind(self) -> _Bound:
-        # A model can shut down while the process runs: re-resolve once per catalog day.
-        today = self.catalog.today
-        if self._bound_on != today:
+        # A model can shut down while the process runs: re-resolve once per catalog day, and
+        # whenever what the account serves changes (`Catalog.version`).
+        on = (self.catalog.today, self.catalog.version)
+        if self._bound_on != on:
             with self._lock:
-                if self._bound_on != today:
+                if self._bound_on != on:
                     self._bound = _Bound(self.policy, self.catalog)
-                    self._bound_on = today
+                    self._bound_on = on
         return self._bound
 
     # -- profile ---------------------------------------------------------------------------
@@ -224,17 +236,21 @@ class Router:
                 reasons.append(f"request.model: {resolved.warning}")
             elif first.id != request.model:
                 reasons.append(f"request.model {request.model!r} is an alias of {first.id}")
-            else:
+            elif self.allow_model_fallback:
                 reasons.append(f"request.model {first.id}: first, then its catalog fallbacks")
-            chain = self.catalog.fallback_chain(request.model)
+            else:
+                reasons.append(f"request.model {first.id}: pinned (allow_model_fallback is off)")
             candidates = [_Candidate(first, "request.model")]
-            candidates += [_Candidate(m, f"fallback of {first.id}") for m in chain]
-            if chain:
-                reasons.append("catalog fallbacks: " + ", ".join(m.id for m in chain))
+            if self.allow_model_fallback:
+                chain = self.catalog.fallback_chain(request.model)
+                candidates += [_Candidate(m, f"fallback of {first.id}") for m in chain]
+                if chain:
+                    reasons.append("catalog fallbacks: " + ", ".join(m.id for m in chain))
         else:
             candidates = self._policy_candidates(profile, bound, reasons)
 
-        fitting = self._fit(request, profile, candidates, dropped, reasons)
+        pinned = explicit and not self.allow_model_fallback
+        fitting = self._fit(request, profile, candidates, dropped, reasons, pinned=pinned)
 
         if not explicit and self.learner is not None and len(fitting) > 1:
             fitting = self._learn(profile, fitting, reasons)
@@ -303,6 +319,8 @@ class Router:
         candidates: list[_Candidate],
         dropped: dict[str, str],
         reasons: list[str],
+        *,
+        pinned: bool = False,
     ) -> list[_Candidate]:
         prompt = profile.estimated_tokens
         margin = self.context_margin
@@ -311,8 +329,8 @@ class Router:
         needs_json = isinstance(rf, Mapping) and rf.get("type") in ("json_object", "json_schema")
 
         def why_not(m: ModelInfo) -> str | None:
-            if not m.is_served(self.catalog.today):
-                return "shut down"
+            if not self.catalog.is_served(m):
+                return "not served by the account" if self.catalog.account_known else "shut down"
             if needs_tools and not m.capabilities.tool_use:
                 return "no tool use"
             if needs_json and not m.capabilities.json_mode:
@@ -338,6 +356,22 @@ class Router:
                 dropped[c.model.id] = problem
         if fitting:
             return fitting
+        if pinned:
+            # Another model would not be the model asked for: say why this one cannot serve.
+            m = candidates[0].model
+            why = dropped[m.id]
+            if why.startswith("context"):
+                budget = self.completion_budget(request, m)
+                raise ContextWindowError(
+                    f"The request does not fit {m.id}: {why}. Shorten the prompt, lower "
+                    "max_tokens, or let other models answer (allow_model_fallback=True).",
+                    required_tokens=prompt + budget,
+                    largest_window=m.context_window,
+                )
+            raise InvalidRequestError(
+                f"{m.id} cannot serve this request: {why}. Pick another model, or let other "
+                "models answer (allow_model_fallback=True)."
+            )
 
         # Nothing the policy proposed fits: any served model that does, largest window first.
         considered = {c.model.id for c in candidates}
@@ -466,7 +500,13 @@ def explain_route(
         settings.catalog_path, serve_successor=settings.serve_successor
     )
     policy = load_policy(settings.policy_path)
-    router = Router(catalog, policy, learner, context_margin=settings.context_margin)
+    router = Router(
+        catalog,
+        policy,
+        learner,
+        context_margin=settings.context_margin,
+        allow_model_fallback=settings.allow_model_fallback,
+    )
     message: Message = {"role": "user", "content": text}
     request = ChatRequest(messages=(message,), agent_name=agent, task_type=task)
     return router.plan(request)

@@ -22,6 +22,12 @@ What it reproduces (sources in `shared/reference/groq-api.md`):
   `x-ratelimit-{limit,remaining,reset}-tokens` (the TPM bucket), resets as Go durations equal to
   `(limit − remaining) × window / limit`; `retry-after` (whole seconds, rounded up) on 429 only;
   `x-request-id` and `x-groq-region` on every answer.
+- **What each account is served**: by default every organisation is served the catalog's models
+  that are not shut down; `served={org: [ids]}` (or `set_served`) gives an organisation its own
+  list, as plans differ (an enterprise plan keeps a model the free plan lost). `GET
+  /openai/v1/models` lists the caller's organisation's models; a chat call for a model the
+  organisation is not served answers 404 `model_not_found` (400 `model_decommissioned` for one
+  the catalog says is shut down), in Groq's wire format.
 - **Errors** with Groq's wording: 401 `invalid_api_key`, 404 `model_not_found`, 400
   `model_decommissioned`, 400 `context_length_exceeded`, 400 validation errors, 413 and 429
   `rate_limit_exceeded`, and injected 5xx, 498 `capacity_exceeded`, mid-stream `event: error`,
@@ -61,7 +67,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeAlias
 
@@ -154,6 +161,9 @@ class GroqTestServer:
         region: Value of the `x-groq-region` header.
         token_counter: Counts prompt tokens of message dicts; default: the package's estimator
             (`ymera_groq_plugin.tokens.estimate_prompt_tokens`) if present, else characters / 4.
+        served: Organisation → the model ids it is served (listed by `/openai/v1/models`,
+            answered by chat, whatever the catalog's dates say); organisations not named are
+            served the catalog's models that are not shut down. Every id must be in `catalog`.
 
     Raises:
         ConfigurationError: No keys, a non-positive `time_scale`, or `limits` naming a model the
@@ -173,6 +183,7 @@ class GroqTestServer:
         port: int = 0,
         region: str = "local",
         token_counter: TokenCounter | None = None,
+        served: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         if not keys:
             raise ConfigurationError("GroqTestServer needs at least one API key")
@@ -191,6 +202,13 @@ class GroqTestServer:
         today = self._catalog.today
         self._models: dict[str, ModelInfo] = {m.id: m for m in self._catalog.models}
         self._served = frozenset(m.id for m in self._catalog.models if m.is_served(today))
+        self._org_served: dict[str, frozenset[str]] = {}
+        for org, ids in (served or {}).items():
+            self.set_served(org, ids)
+        self._not_served: Counter[tuple[str, str]] = Counter()
+        self._listings: Counter[str] = Counter()
+        self._listing_status: int | None = None
+        self._listing_delay = 0.0
         self._limits = _merge_limits(self._models, limits or {})
         self._scale = float(time_scale)
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
@@ -421,6 +439,42 @@ class GroqTestServer:
         """Ids of the models answering requests (not shut down)."""
         return sorted(self._served)
 
+    def set_served(self, org: str, models: Iterable[str] | None) -> None:
+        """Give `org` its own list of served models (`None`: the catalog's default again).
+
+        Raises:
+            ConfigurationError: An id is not in the server's catalog.
+        """
+        if models is None:
+            self._org_served.pop(org, None)
+            return
+        ids = frozenset(models)
+        unknown = sorted(ids - set(self._models))
+        if unknown:
+            raise ConfigurationError(
+                f"served models {unknown} for {org!r} are not in the server's catalog"
+            )
+        self._org_served[org] = ids
+
+    def served_to(self, org: str) -> frozenset[str]:
+        """The model ids `org` is served."""
+        return self._org_served.get(org, self._served)
+
+    def configure_listing(self, *, status: int | None = None, delay: float = 0.0) -> None:
+        """Make `GET /openai/v1/models` fail with `status` (a 5xx body) and/or answer after
+        `delay` seconds; `status=None` answers normally."""
+        self._listing_status = status
+        self._listing_delay = float(delay)
+
+    def not_served_answers(self) -> dict[tuple[str, str], int]:
+        """(organisation, model) → how many chat calls answered 404 `model_not_found` or 400
+        `model_decommissioned`."""
+        return dict(self._not_served)
+
+    def listings(self) -> dict[str, int]:
+        """Organisation → how many `GET /openai/v1/models` calls it made."""
+        return dict(self._listings)
+
     def __repr__(self) -> str:
         where = self.base_url if self._bound_port is not None else "not running"
         orgs = len({org for org, _ in self._keys.values()})
@@ -507,18 +561,21 @@ class GroqTestServer:
         self._stats.answered(response.status_code, label)
         return response
 
-    def _lookup(self, model_id: str) -> ModelInfo:
+    def _lookup(self, model_id: str, org: str) -> ModelInfo:
         info = self._models.get(model_id)
         if info is None:
             raise _Reply(404, model_not_found_body(model_id))
-        if model_id not in self._served:
-            raise _Reply(400, decommissioned_body(model_id))
+        if model_id not in self.served_to(org):
+            self._not_served[(org, model_id)] += 1
+            if model_id not in self._served:
+                raise _Reply(400, decommissioned_body(model_id))
+            raise _Reply(404, model_not_found_body(model_id))
         return info
 
     async def _serve_chat(self, request: Request, org: str, request_id: str) -> Response:
         try:
             body = parse_body(await request.body())
-            info = self._lookup(require_model(body))
+            info = self._lookup(require_model(body), org)
         except RequestError as exc:
             raise _Reply(exc.status, exc.body) from None
         limits = self._limits[info.id]
@@ -681,25 +738,29 @@ class GroqTestServer:
         }
 
     async def _list_models(self, request: Request) -> Response:
+        # Counted apart from the chat calls (`listings()`): `stats()` is about chat traffic,
+        # and an engine lists in the background at start.
         request_id = new_request_id()
         try:
-            _, label = self._auth(request)
+            org, _ = self._auth(request)
         except _Reply as reply:
-            response = self._json(reply.status, reply.body, request_id)
-            self._stats.answered(response.status_code, None)
-            return response
-        data = [self._model_object(self._models[mid]) for mid in sorted(self._served)]
-        response = self._json(200, {"object": "list", "data": data}, request_id)
-        self._stats.answered(200, label)
-        return response
+            return self._json(reply.status, reply.body, request_id)
+        self._listings[org] += 1
+        if self._listing_delay > 0:
+            await asyncio.sleep(self._listing_delay)
+        if self._listing_status is not None:
+            status = self._listing_status
+            return self._json(status, SERVER_ERRORS.get(status, SERVER_ERRORS[500]), request_id)
+        data = [self._model_object(self._models[mid]) for mid in sorted(self.served_to(org))]
+        return self._json(200, {"object": "list", "data": data}, request_id)
 
     async def _get_model(self, request: Request) -> Response:
         request_id = new_request_id()
         label: str | None = None
         try:
-            _, label = self._auth(request)
+            org, label = self._auth(request)
             model_id = str(request.path_params["model_id"])
-            if model_id not in self._served:
+            if model_id not in self.served_to(org):
                 raise _Reply(404, model_not_found_body(model_id))
             response = self._json(200, self._model_object(self._models[model_id]), request_id)
         except _Reply as reply:
