@@ -853,6 +853,7 @@ class QuotaManager:
         self._id_prefix = os.urandom(6).hex() + "-"
         self._touched: set[tuple[str, str]] = set()
         self._closed = False
+        self.pool.on_merge = self._absorb
 
     @classmethod
     def from_settings(
@@ -1138,22 +1139,54 @@ class QuotaManager:
                 completion_tokens=completion,
                 elapsed=now - grant.reserved_at,
             )
+        org = self.pool.canonical(grant.org)
+        if org != grant.org:
+            # Reserved on an organisation merged since: give the reservation back there and
+            # charge the organisation that really spent it.
+            await self._protect(
+                self.ledger.release(grant.org, grant.model, grant.reservation_id, now=now)
+            )
         _, state = await self._protect(
             self.ledger.settle(
-                grant.org,
+                org,
                 grant.model,
-                grant.reservation_id,
+                grant.reservation_id if org == grant.org else None,
                 requests=1,
                 tokens=used,
                 observation=obs,
                 now=now,
             )
         )
-        self._check_alerts(grant.org, grant.model, state, now)
+        self._check_alerts(org, grant.model, state, now)
         self._wake(grant.model)
         await self.pool.record_success(grant.key)
         if rate_limits is not None:
             await self.pool.observe_headers(grant.org, grant.model, rate_limits, now=now)
+
+    async def _absorb(self, gone: str, kept: str) -> None:
+        """Organisation `gone` turned out to spend `kept`'s budget: charge `kept` with what
+        `gone` consumed in the windows no header reports (requests per minute, tokens per day).
+
+        The header-backed kinds (requests per day, tokens per minute) are not moved: Groq's
+        next report on `kept` counts them already, and the floor it sets would count them
+        twice. Only the process that recorded the merge first calls this.
+        """
+        now = self._clock()
+        models = {m.id for m in self.catalog.served()} | {m for o, m in self._touched if o == gone}
+        pairs = [(gone, m) for m in sorted(models)]
+        try:
+            states = await self.ledger.states(pairs, now=now)
+        except Exception:  # a merge must not fail the call that revealed it
+            logger.warning("Could not read %s's buckets to move them to %s", gone, kept)
+            return
+        for (_, model), st in zip(pairs, states, strict=True):
+            rpm, tpd = st.levels[0], st.levels[3]
+            if rpm <= EPSILON and tpd <= EPSILON:
+                continue
+            await self.ledger.observe(
+                kept, model, Observation(charges=(rpm, 0.0, 0.0, tpd)), now=now
+            )
+            self._touched.add((kept, model))
 
     async def release(self, grant: Grant) -> None:
         """Give the reservation back in full: the call never reached Groq.
@@ -1304,9 +1337,9 @@ class QuotaManager:
         """Usage per key and per model, in the original plan's shape.
 
         Returns:
-            `{"keys": {label: {"org", "masked", "health", "usage": {model: {"rpm": {"used",
-            "limit"}, "rpd": …, "tpm": …, "tpd": …}}}}, "models": {model: {"rpm": {"used",
-            "limit"}, …, "remaining": {org: {"requests", "tokens", "reported_at"}},
+            `{"keys": {label: {"org", "masked", "org_evidence", "health", "usage": {model:
+            {"rpm": {"used", "limit"}, "rpd": …, "tpm": …, "tpd": …}}}}, "models": {model:
+            {"rpm": {"used", "limit"}, …, "remaining": {org: {"requests", "tokens", "reported_at"}},
             "cooling_until": {org: t}}}}`. `used` counts consumption still in the window plus
             reservations; model totals add up every organisation.
         """
@@ -1340,6 +1373,7 @@ class QuotaManager:
             keys_out[key.label] = {
                 "org": org,
                 "masked": key.masked,
+                "org_evidence": self.pool.record(key).org_evidence,
                 "health": self.pool.health(key, now=now),
                 "usage": {m: kinds(by[org]) for m, by in active.items() if org in by},
             }

@@ -154,14 +154,63 @@ async def test_request_counts_that_continue_each_other_merge_organisations() -> 
     k1, k2 = key(1), key(2)
     pool = KeyPool([k1, k2], clock=clock)
     o1, o2 = pool.organisation(k1), pool.organisation(k2)
-    # One budget seen through two keys: 990, 989, 988, … alternating between them; six
-    # reports continuing the other key's count merge them.
+    # One budget seen through two keys: 990, 989, 988, … alternating between them; three
+    # reports from each, disjoint and forming one run, merge them.
     results = []
     for n, org in enumerate([o1, o2] * 4):
         clock.advance(1)
         results.append(await pool.observe_headers(org, MODEL, rl(990 - n)))
-    assert results[:6] == [None] * 6 and results[6] == o1
+    assert results[:5] == [None] * 5 and results[5] == o1
     assert pool.organisation(k2) == o1
+    evidence = pool.record(k2).org_evidence
+    assert evidence is not None and "form one count" in evidence and "org:key1" in evidence
+    assert pool.record(k1).org_evidence is None  # the surviving organisation is its own
+
+
+async def test_one_budget_is_found_whatever_order_the_answers_arrive_in() -> None:
+    """Concurrent requests on one budget through two keys, answers shuffled within batches
+    (as several processes see them): the sets of counts, not their order, decide."""
+    import random
+
+    rng = random.Random(3)
+    clock = FakeClock(T0)
+    k1, k2 = key(1), key(2)
+    store = MemoryKeyStateStore()
+    # Two processes, each seeing half of the answers, comparing through one store.
+    a = KeyPool([k1, k2], store=store, clock=clock)
+    b = KeyPool([k1, k2], store=store, clock=clock)
+    o1, o2 = a.organisation(k1), a.organisation(k2)
+    count = 1000
+    merged = []
+    for _ in range(3):
+        batch = [(rng.choice((a, b)), rng.choice((o1, o2)), count - j - 1) for j in range(6)]
+        count -= 6
+        rng.shuffle(batch)
+        for pool, org, value in batch:
+            clock.advance(0.01)
+            merged.append(await pool.observe_headers(org, MODEL, rl(value)))
+        if any(merged):
+            break
+    assert o1 in merged
+    await a.refresh(force=True)
+    await b.refresh(force=True)
+    assert a.organisation(k2) == b.organisation(k2) == o1
+
+
+async def test_the_first_process_to_record_a_merge_is_told_once() -> None:
+    store = MemoryKeyStateStore()
+    k1, k2 = key(1), key(2)
+    calls: list[tuple[str, str]] = []
+
+    async def moved(gone: str, kept: str) -> None:
+        calls.append((gone, kept))
+
+    a = KeyPool([k1, k2], store=store, clock=FakeClock(T0))
+    b = KeyPool([k1, k2], store=store, clock=FakeClock(T0))
+    a.on_merge = b.on_merge = moved
+    assert await a.merge("org:key2", "org:key1", reason="test") == "org:key1"
+    assert await b.merge("org:key2", "org:key1", reason="test") == "org:key1"
+    assert calls == [("org:key2", "org:key1")]
 
 
 async def test_concurrent_traffic_on_separate_budgets_does_not_merge() -> None:
