@@ -31,7 +31,7 @@ K1 = "gsk_orgdiscovery_key_one_0000000000000000000000001"
 K2 = "gsk_orgdiscovery_key_two_0000000000000000000000002"
 LIMITS = {"rpm": 20, "rpd": 1000, "tpm": 1_000_000, "tpd": 10_000_000}
 PROCESSES = 2
-TASKS = 3
+TASKS = int(os.environ.get("ORG_TEST_TASKS", "3"))
 SECONDS = 6.0
 
 
