@@ -21,6 +21,7 @@ holds or writes a secret.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -146,8 +147,9 @@ class KeyPool:
         self._tick = 0
         self._groups: list[tuple[str, list[ApiKey]]] | None = None
         self._groups_until = math.inf
-        self._distinct: dict[tuple[str, ...], float] = {}
+        self._distinct: dict[tuple[str, str], float] = {}
         self._warned: set[frozenset[str]] = set()
+        self._merge_lock: asyncio.Lock | None = None
         self.on_merge: Callable[[str, str], Awaitable[None]] | None = None
         """Called as `on_merge(gone, kept)` by the one process that records a merge first (the
         quota manager moves the merged organisation's buckets)."""
@@ -162,6 +164,11 @@ class KeyPool:
     @property
     def store(self) -> KeyStateStore:
         return self._store
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds within which other processes' findings (merges, disabled keys) arrive."""
+        return self._refresh_interval
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -384,7 +391,7 @@ class KeyPool:
         others = [
             o
             for o in {self.organisation(k) for k in self._keys if not self.is_disabled(k)}
-            if o != org and self._distinct.get((model, *sorted((org, o))), -math.inf) <= now
+            if o != org and not self._decided(org, o, now)
         ]
         if not others:
             return None  # every pair is decided: no round trip
@@ -401,9 +408,9 @@ class KeyPool:
         for other in others:
             theirs = {r.remaining for r in reports.get(other, ()) if r.limit == limit}
             verdict = _compare(mine, theirs, self._merge_evidence)
-            pair = (model, *sorted((org, other)))
             if verdict == "separate":
-                self._distinct[pair] = now + _DISTINCT_FOR
+                low, high = sorted((org, other))
+                self._distinct[(low, high)] = now + _DISTINCT_FOR
             elif verdict == "shared" and self.canonical(other) != self.canonical(org):
                 merged = await self.merge(
                     org,
@@ -417,6 +424,35 @@ class KeyPool:
                 mine |= theirs
         return merged
 
+    def _labelled(self, org: str) -> bool:
+        """Whether the user named this organisation (`GROQ_ORG_N`, `"org"`) for some key."""
+        return any(k.org is not None and self.organisation(k) == org for k in self._keys)
+
+    def _decided(self, a: str, b: str, now: float) -> bool:
+        """Whether two (canonical) organisations are known to be separate budgets: both
+        labelled by the user, or their request counts proved it lately."""
+        if self._labelled(a) and self._labelled(b):
+            return True
+        low, high = sorted((a, b))
+        return self._distinct.get((low, high), -math.inf) > now
+
+    def share_of(self, org: str, now: float | None = None) -> int:
+        """How many usable organisations `org` might still be one budget with, itself
+        included (1 when every pair it is in is decided).
+
+        Until the first answers decide, an organisation nobody labelled may be one budget
+        with any other, so the quota manager lets each of them use only this share of the
+        requests-per-minute limit: the fleet cannot overspend one budget seen through
+        several keys before the evidence arrives (a few answers later).
+        """
+        now = self._clock() if now is None else now
+        org = self.canonical(org)
+        n = 1
+        for other, _ in self.groups(now):
+            if other != org and not self._decided(org, other, now):
+                n += 1
+        return n
+
     async def merge(self, a: str, b: str, *, reason: str, prefer: str | None = None) -> str:
         """Record that organisations `a` and `b` share one budget; warn once.
 
@@ -426,33 +462,27 @@ class KeyPool:
         Returns:
             The surviving organisation.
         """
-        a, b = self.canonical(a), self.canonical(b)
-        if a == b:
-            return a
-
-        def first(org: str) -> int:
-            return min(
-                (self._order[k.label] for k in self._keys if self.organisation(k) == org),
-                default=len(self._keys),
-            )
-
-        if prefer in (a, b):
-            keep, gone = (a, b) if prefer == a else (b, a)
-        else:
-            keep, gone = (a, b) if (first(a), a) <= (first(b), b) else (b, a)
-        labels = sorted(k.label for k in self._keys if self.organisation(k) in (keep, gone))
-        moved = [k for k in self._keys if self.organisation(k) == gone]
-        self._aliases[gone] = keep
-        self._invalidate()
-        first_here = await self._store.set_alias(gone, keep)
+        if self._merge_lock is None:
+            self._merge_lock = asyncio.Lock()
+        async with self._merge_lock:
+            a, b = self.canonical(a), self.canonical(b)
+            if a == b:
+                return a
+            keep, gone, labels = self._merge_order(a, b, prefer)
+            moved = [k for k in self._keys if self.organisation(k) == gone]
+            first_here = await self._store.set_alias(gone, keep)
+            if first_here and self.on_merge is not None:
+                # Only the process that recorded the alias first moves the buckets, so what
+                # the merged organisation used is counted once however many found it; and
+                # before this process routes to the survivor alone (reservations wait for the
+                # lock meanwhile), so none is made on a survivor that does not count it yet.
+                await self.on_merge(gone, keep)
+            self._aliases[gone] = keep
+            self._invalidate()
         evidence = f"shares {keep}'s budget: {reason}"
         for k in moved:
             if self.record(k).org_evidence != evidence:
                 await self._write(k, org_evidence=evidence)
-        if first_here and self.on_merge is not None:
-            # Only the process that recorded the alias first moves the buckets, so what the
-            # merged organisation used is counted once however many processes found it.
-            await self.on_merge(gone, keep)
         warned = frozenset(labels)
         if warned not in self._warned:
             self._warned.add(warned)
@@ -465,6 +495,29 @@ class KeyPool:
                 keep,
             )
         return keep
+
+    def _merge_order(self, a: str, b: str, prefer: str | None) -> tuple[str, str, list[str]]:
+        """(kept, gone, labels of both) for a merge of `a` and `b`."""
+
+        def first(org: str) -> int:
+            return min(
+                (self._order[k.label] for k in self._keys if self.organisation(k) == org),
+                default=len(self._keys),
+            )
+
+        if prefer in (a, b):
+            keep, gone = (a, b) if prefer == a else (b, a)
+        else:
+            keep, gone = (a, b) if (first(a), a) <= (first(b), b) else (b, a)
+        labels = sorted(k.label for k in self._keys if self.organisation(k) in (keep, gone))
+        return keep, gone, labels
+
+    async def merges_done(self) -> None:
+        """Return once no merge is being recorded (reservations wait for one in progress)."""
+        lock = self._merge_lock
+        if lock is not None and lock.locked():
+            async with lock:
+                pass
 
     # -- display ----------------------------------------------------------------------------
 

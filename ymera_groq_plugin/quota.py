@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -110,6 +110,10 @@ rounding and far below anything that costs throughput), and every wait is a mill
 so that waiting what the ledger says is always enough. An empty bucket gets no margin: a
 request of exactly the limit still fits. The Redis script uses the same rule.
 """
+
+_MERGED_COOLDOWN = 60.0
+"""Seconds an organisation merged into another refuses reservations, until every process knows
+of the merge (see `QuotaManager._absorb`)."""
 
 DEFAULT_RESERVATION_TTL = 600.0
 """Seconds after which an unsettled reservation is given back (its process probably died)."""
@@ -585,8 +589,12 @@ class QuotaLedger:
         *,
         requests: int = 1,
         now: float | None = None,
+        defaults: Limits | None = None,
     ) -> tuple[float, QuotaState]:
         """Reserve `requests` and `tokens` on all four buckets, or nothing.
+
+        Args:
+            defaults: Limits to apply where none was learned, instead of the catalog's.
 
         Returns:
             `(wait, state)`: 0 when reserved, else seconds until it would fit (`inf`: never).
@@ -598,7 +606,7 @@ class QuotaLedger:
             reservation_id=reservation_id,
             requests=requests,
             tokens=tokens,
-            defaults=self.defaults(model),
+            defaults=defaults or self.defaults(model),
             now=now,
             ttl=self.reservation_ttl,
         )
@@ -853,6 +861,7 @@ class QuotaManager:
         self._id_prefix = os.urandom(6).hex() + "-"
         self._touched: set[tuple[str, str]] = set()
         self._closed = False
+        self._turn = -1
         self.pool.on_merge = self._absorb
 
     @classmethod
@@ -1033,7 +1042,13 @@ class QuotaManager:
                 )
             return None, best_wait
         if len(ranked) > 1:
-            ranked.sort(key=lambda r: (-r[0], r[1]))
+            # Ties (fresh organisations, equal use) take turns instead of all going to the
+            # first configured one: a burst of concurrent requests, decided before any of its
+            # reservations returns, then spreads over every organisation, whose answers are
+            # what tells keys of one unlabelled organisation apart (`KeyPool.observe_headers`).
+            self._turn += 1
+            turn, width = self._turn, len(groups)
+            ranked.sort(key=lambda r: (-r[0], (r[1] - turn) % width))
         for _, _, org, keys in ranked:
             key = self.pool.pick(keys, now)
             rid = f"{self._id_prefix}{next(self._ids)}"
@@ -1062,16 +1077,48 @@ class QuotaManager:
     async def _reserve(
         self, org: str, model: str, rid: str, tokens: int, now: float
     ) -> tuple[float, QuotaState]:
+        defaults: Limits | None = None
+        share = self.pool.share_of(org, now)
+        if share > 1:
+            # Possibly one budget with other unlabelled organisations: a share of the RPM
+            # limit each until their first answers decide (`KeyPool.share_of`).
+            rpm, *rest = self.ledger.defaults(model)
+            if rpm is not None:
+                defaults = (max(1, rpm // share), *rest)  # type: ignore[assignment]
+        reserve = self.ledger.reserve(org, model, rid, tokens, now=now, defaults=defaults)
+        if defaults is not None:
+            return await self._shown_in_full(org, model, rid, reserve)
         if not self._shield:
-            return await self.ledger.reserve(org, model, rid, tokens, now=now)
+            return await reserve
         # Cancelled mid round trip, the script may still have reserved: finish it and give the
         # reservation back, rather than leaving it to expire.
-        task = asyncio.ensure_future(self.ledger.reserve(org, model, rid, tokens, now=now))
+        task = asyncio.ensure_future(reserve)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
             raise
+
+    async def _shown_in_full(
+        self,
+        org: str,
+        model: str,
+        rid: str,
+        reserve: Coroutine[Any, Any, tuple[float, QuotaState]],
+    ) -> tuple[float, QuotaState]:
+        """Run a reservation made under a share of the RPM limit; the state kept for display
+        and alerts shows the limit itself."""
+        task = asyncio.ensure_future(reserve)
+        try:
+            wait, state = await (asyncio.shield(task) if self._shield else task)
+        except asyncio.CancelledError:
+            if self._shield:
+                task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
+            raise
+        if state.learned[0] is None:
+            state = state._replace(limits=(self.ledger.defaults(model)[0], *state.limits[1:]))
+            self.ledger._views[(org, model)] = state
+        return wait, state
 
     def _release_orphan(
         self, task: asyncio.Future[tuple[float, QuotaState]], org: str, model: str, rid: str
@@ -1164,29 +1211,51 @@ class QuotaManager:
             await self.pool.observe_headers(grant.org, grant.model, rate_limits, now=now)
 
     async def _absorb(self, gone: str, kept: str) -> None:
-        """Organisation `gone` turned out to spend `kept`'s budget: charge `kept` with what
-        `gone` consumed in the windows no header reports (requests per minute, tokens per day).
+        """Organisation `gone` turned out to spend `kept`'s budget: move what `gone` holds to
+        `kept`, once for the whole fleet (only the process that recorded the merge first
+        calls this).
 
-        The header-backed kinds (requests per day, tokens per minute) are not moved: Groq's
-        next report on `kept` counts them already, and the floor it sets would count them
-        twice. Only the process that recorded the merge first calls this.
+        Other processes learn of the merge within their key refresh interval; meanwhile they
+        would still reserve on `gone`'s own buckets, spending the shared budget twice. So
+        `gone` first cools down for every model, in the store, for `_MERGED_COOLDOWN`
+        seconds: the store refuses those reservations atomically and the processes move to
+        the other organisations. Everything `gone` holds after that was reserved before it,
+        so one move counts it all: consumption still draining plus reservations still
+        outstanding (other processes may settle those on `gone`, not knowing yet; this
+        process's own are charged to `kept` when they settle, so they are left out).
+
+        Only the kinds no header reports are moved (requests per minute, tokens per day):
+        Groq's next report on `kept` counts requests per day and tokens per minute already,
+        and the floor it sets would count them twice.
         """
         now = self._clock()
-        models = {m.id for m in self.catalog.served()} | {m for o, m in self._touched if o == gone}
-        pairs = [(gone, m) for m in sorted(models)]
+        models = sorted(
+            {m.id for m in self.catalog.served()} | {m for o, m in self._touched if o == gone}
+        )
+        until = now + max(_MERGED_COOLDOWN, 3 * self.pool.refresh_interval)
+        mine: dict[str, list[float]] = {}
+        for g in self._outstanding.values():
+            if g.org == gone:
+                held = mine.setdefault(g.model, [0.0, 0.0])
+                held[0] += 1
+                held[1] += g.reserved_tokens
         try:
-            states = await self.ledger.states(pairs, now=now)
-        except Exception:  # a merge must not fail the call that revealed it
-            logger.warning("Could not read %s's buckets to move them to %s", gone, kept)
-            return
-        for (_, model), st in zip(pairs, states, strict=True):
-            rpm, tpd = st.levels[0], st.levels[3]
-            if rpm <= EPSILON and tpd <= EPSILON:
-                continue
-            await self.ledger.observe(
-                kept, model, Observation(charges=(rpm, 0.0, 0.0, tpd)), now=now
+            await asyncio.gather(
+                *(self.ledger.observe(gone, m, Observation(cool_until=until)) for m in models)
             )
-            self._touched.add((kept, model))
+            states = await self.ledger.states([(gone, m) for m in models], now=now)
+            for model, st in zip(models, states, strict=True):
+                own = mine.get(model, [0.0, 0.0])
+                rpm = st.levels[0] + max(0.0, st.pending_requests - own[0])
+                tpd = st.levels[3] + max(0.0, st.pending_tokens - own[1])
+                if rpm <= EPSILON and tpd <= EPSILON:
+                    continue
+                await self.ledger.observe(
+                    kept, model, Observation(charges=(rpm, 0.0, 0.0, tpd)), now=now
+                )
+                self._touched.add((kept, model))
+        except Exception:  # a merge must not fail the call that revealed it
+            logger.warning("Could not move %s's use of its buckets to %s", gone, kept)
 
     async def release(self, grant: Grant) -> None:
         """Give the reservation back in full: the call never reached Groq.
