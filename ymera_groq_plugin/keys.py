@@ -343,10 +343,11 @@ class KeyPool:
         Returns:
             The organisation merged into, when this revealed that keys share one budget.
         """
-        if self.record(key).groq_org != groq_org:
-            await self._write(
-                key, groq_org=groq_org, org_evidence=f"named {groq_org} in a 429/413 text"
-            )
+        rec = self.record(key)
+        if rec.groq_org != groq_org:
+            # The evidence of a merge already shown is kept; otherwise this is the evidence.
+            evidence = rec.org_evidence or f"named {groq_org} in a 429/413 text"
+            await self._write(key, groq_org=groq_org, org_evidence=evidence)
         mine = self.organisation(key)
         merged: str | None = None
         for other in self._keys:
