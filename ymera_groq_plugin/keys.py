@@ -150,6 +150,7 @@ class KeyPool:
         self._distinct: dict[tuple[str, str], float] = {}
         self._warned: set[frozenset[str]] = set()
         self._merge_lock: asyncio.Lock | None = None
+        self._unlabelled = any(k.org is None for k in self._keys)
         self.on_merge: Callable[[str, str], Awaitable[None]] | None = None
         """Called as `on_merge(gone, kept)` by the one process that records a merge first (the
         quota manager moves the merged organisation's buckets)."""
@@ -446,6 +447,8 @@ class KeyPool:
         requests-per-minute limit: the fleet cannot overspend one budget seen through
         several keys before the evidence arrives (a few answers later).
         """
+        if not self._unlabelled:
+            return 1  # every organisation was named: nothing to find out
         now = self._clock() if now is None else now
         org = self.canonical(org)
         n = 1
