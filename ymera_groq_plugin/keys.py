@@ -59,23 +59,25 @@ _MAX_GAP = 0.25
 see: calls from elsewhere, lost answers) and still count as one run."""
 
 
-def _compare(a: set[int], b: set[int], need: int) -> Literal["shared", "separate"] | None:
+def _compare(a: list[int], b: list[int], need: int) -> Literal["shared", "separate"] | None:
     """Whether two organisations' recent request counts show one budget, two, or not yet.
 
     One budget: every answer takes the next number, so the two sets are disjoint and together
     form one nearly gapless run that both take part in. Two budgets: the same numbers show up
-    on both (fresh keys count down alike), or the runs lie apart.
+    on both (fresh keys count down alike; an idle budget reports one number again and again),
+    or the runs lie apart.
     """
     if len(a) < need or len(b) < need:
         return None
-    common = len(a & b)
-    if common >= 2:
+    sa, sb = set(a), set(b)
+    common = sum(1 for v in a if v in sb) + sum(1 for v in b if v in sa)
+    if common >= 3:
         return "separate"
     if common:
-        return None  # one coincidence (a refill between two answers) proves nothing yet
-    union = a | b
+        return None  # a coincidence (a refill between two answers) proves nothing yet
+    union = sa | sb
     span = max(union) - min(union) + 1
-    interleaved = min(a) < max(b) and min(b) < max(a)
+    interleaved = min(sa) < max(sb) and min(sb) < max(sa)
     if interleaved and span - len(union) <= _MAX_GAP * len(union):
         return "shared"
     if span > 4 * len(union):
@@ -151,6 +153,8 @@ class KeyPool:
         self._warned: set[frozenset[str]] = set()
         self._merge_lock: asyncio.Lock | None = None
         self._unlabelled = any(k.org is None for k in self._keys)
+        self._shares: dict[str, int] = {}
+        self._shares_until = math.inf
         self.on_merge: Callable[[str, str], Awaitable[None]] | None = None
         """Called as `on_merge(gone, kept)` by the one process that records a merge first (the
         quota manager moves the merged organisation's buckets)."""
@@ -249,6 +253,7 @@ class KeyPool:
 
     def _invalidate(self) -> None:
         self._groups = None
+        self._shares = {}
 
     def keys_of(self, org: str) -> list[ApiKey]:
         """Every configured key (usable or not) spending `org`'s budget."""
@@ -405,25 +410,26 @@ class KeyPool:
             window=_CHAIN_WINDOW,
             keep=_REPORTS_KEPT,
         )
-        mine = {r.remaining for r in reports.get(org, ()) if r.limit == limit}
+        mine = [r.remaining for r in reports.get(org, ()) if r.limit == limit]
         merged: str | None = None
         for other in others:
-            theirs = {r.remaining for r in reports.get(other, ()) if r.limit == limit}
+            theirs = [r.remaining for r in reports.get(other, ()) if r.limit == limit]
             verdict = _compare(mine, theirs, self._merge_evidence)
             if verdict == "separate":
                 low, high = sorted((org, other))
                 self._distinct[(low, high)] = now + _DISTINCT_FOR
+                self._shares.clear()
             elif verdict == "shared" and self.canonical(other) != self.canonical(org):
                 merged = await self.merge(
                     org,
                     other,
                     reason=(
                         f"their x-ratelimit-remaining-requests for {model} form one count "
-                        f"({_run(mine)} and {_run(theirs)})"
+                        f"({_run(set(mine))} and {_run(set(theirs))})"
                     ),
                 )
                 org = self.canonical(org)
-                mine |= theirs
+                mine += theirs
         return merged
 
     def _labelled(self, org: str) -> bool:
@@ -450,11 +456,23 @@ class KeyPool:
         if not self._unlabelled:
             return 1  # every organisation was named: nothing to find out
         now = self._clock() if now is None else now
-        org = self.canonical(org)
+        groups = self.groups(now)
+        if now >= self._shares_until:
+            self._shares.clear()
+        n = self._shares.get(org)
+        if n is not None:
+            return n
+        canon = self.canonical(org)
         n = 1
-        for other, _ in self.groups(now):
-            if other != org and not self._decided(org, other, now):
+        for other, _ in groups:
+            if other != canon and not self._decided(canon, other, now):
                 n += 1
+        if not self._shares:
+            # Valid until the groups change or a "separate" verdict expires.
+            self._shares_until = min(
+                (t for t in self._distinct.values() if t > now), default=math.inf
+            )
+        self._shares[org] = n
         return n
 
     async def merge(self, a: str, b: str, *, reason: str, prefer: str | None = None) -> str:

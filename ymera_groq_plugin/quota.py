@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -1086,36 +1086,19 @@ class QuotaManager:
             if rpm is not None:
                 defaults = (max(1, rpm // share), *rest)  # type: ignore[assignment]
         reserve = self.ledger.reserve(org, model, rid, tokens, now=now, defaults=defaults)
-        if defaults is not None:
-            return await self._shown_in_full(org, model, rid, reserve)
         if not self._shield:
-            return await reserve
-        # Cancelled mid round trip, the script may still have reserved: finish it and give the
-        # reservation back, rather than leaving it to expire.
-        task = asyncio.ensure_future(reserve)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
-            raise
-
-    async def _shown_in_full(
-        self,
-        org: str,
-        model: str,
-        rid: str,
-        reserve: Coroutine[Any, Any, tuple[float, QuotaState]],
-    ) -> tuple[float, QuotaState]:
-        """Run a reservation made under a share of the RPM limit; the state kept for display
-        and alerts shows the limit itself."""
-        task = asyncio.ensure_future(reserve)
-        try:
-            wait, state = await (asyncio.shield(task) if self._shield else task)
-        except asyncio.CancelledError:
-            if self._shield:
+            wait, state = await reserve
+        else:
+            # Cancelled mid round trip, the script may still have reserved: finish it and give
+            # the reservation back, rather than leaving it to expire.
+            task = asyncio.ensure_future(reserve)
+            try:
+                wait, state = await asyncio.shield(task)
+            except asyncio.CancelledError:
                 task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
-            raise
-        if state.learned[0] is None:
+                raise
+        if defaults is not None and state.learned[0] is None:
+            # Displays and alerts show the model's limit, not the share.
             state = state._replace(limits=(self.ledger.defaults(model)[0], *state.limits[1:]))
             self.ledger._views[(org, model)] = state
         return wait, state
