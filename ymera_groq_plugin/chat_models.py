@@ -10,8 +10,8 @@ as `GET /openai/v1/models` lists it), and other models answer only with
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Self
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -29,7 +29,7 @@ from langchain_groq.chat_models import (
 )
 from pydantic import Field, SecretStr, model_validator
 
-from .config import YmeraSettings
+from .config import ApiKey, YmeraSettings, coerce_api_keys
 from .engine import Engine, StreamEvent
 from .types import ChatRequest
 from .types import ChatResult as EngineResult
@@ -74,13 +74,15 @@ class ChatYmeraGroq(ChatGroq):
 
     model_name: str | None = Field(default=None, alias="model")  # type: ignore[assignment]
     """A Groq model id or alias; `None` lets the router choose per request."""
-    api_keys: list[SecretStr] | None = Field(default=None, exclude=True)
+    api_keys: list[ApiKey] | None = Field(default=None, exclude=True)
     """Every Groq key to rotate over; default: `api_key`, else the environment
-    (`GROQ_API_KEY`, `GROQ_API_KEY_2`, …). Never serialised."""
+    (`GROQ_API_KEY`, `GROQ_API_KEY_2`, …). Items may be strings, `SecretStr`, `ApiKey` or
+    `{"secret", "org", "label"}` dicts, mixed in one list. Never serialised."""
     redis_url: str | None = None
     """Share quota, cache and learning through Redis; default: `YMERA_REDIS_URL` or none."""
-    data_dir: Path | None = None
-    """Where the persistent cache and learning store live."""
+    data_dir: str | None = None
+    """Where the persistent cache and learning store live (a path; kept as text so that
+    `langchain_core.load.dumps` can write it)."""
     agent_name: str | None = None
     """The agent this model serves (a routing and learning hint)."""
     task_type: str | None = None
@@ -108,6 +110,14 @@ class ChatYmeraGroq(ChatGroq):
     engine: Engine | None = Field(default=None, exclude=True)
     """The engine to use; default: the process's shared engine for this configuration."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Coerced before pydantic sees them: its errors would echo a bad item, a key.
+        if kwargs.get("api_keys") is not None:
+            kwargs["api_keys"] = list(coerce_api_keys(kwargs["api_keys"]))
+        if isinstance(kwargs.get("data_dir"), os.PathLike):
+            kwargs["data_dir"] = os.fspath(kwargs["data_dir"])
+        super().__init__(**kwargs)
+
     @model_validator(mode="after")
     def validate_environment(self) -> Self:
         """Build the settings and attach the shared engine (no Groq client of our own)."""
@@ -127,7 +137,7 @@ class ChatYmeraGroq(ChatGroq):
     def _build_settings(self) -> YmeraSettings:
         update: dict[str, Any] = {}
         if self.api_keys:
-            update["api_keys"] = [k.get_secret_value() for k in self.api_keys]
+            update["api_keys"] = list(self.api_keys)
         elif self.groq_api_key is not None and not _is_env_key(self.groq_api_key):
             update["api_keys"] = [self.groq_api_key.get_secret_value()]
         if self.groq_api_base:

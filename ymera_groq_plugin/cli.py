@@ -282,6 +282,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             "label": k["label"],
             "key": k["key"],
             "organisation": k["org"],
+            "evidence": _org_evidence(k),
             "health": k["health"],
             "usage": {kind: k["usage"][kind]["max_fraction"] for kind in _KINDS},
         }
@@ -296,7 +297,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     orgs = len({r["organisation"] for r in rows})
     table = _table(f"{len(rows)} keys in {orgs} organisations (use of the busiest model)")
-    for col in ("label", "key", "organisation", "health"):
+    for col in ("label", "key", "organisation", "evidence", "health"):
         table.add_column(col, overflow="fold")
     for kind in _KINDS:
         table.add_column(kind.upper(), justify="right")
@@ -305,6 +306,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             escape(r["label"]),
             escape(r["key"]),
             escape(r["organisation"]),
+            escape(r["evidence"]),
             _health(r["health"]),
             *(_styled(f"{r['usage'][k]:.0%}", r["usage"][k], thresholds) for k in _KINDS),
         )
@@ -312,6 +314,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         con.print("[dim]embedded mode: health and use as this process knows them[/dim]")
     return 0
+
+
+def _org_evidence(key: Mapping[str, Any]) -> str:
+    """Where the key's organisation comes from: configured, assumed, or inferred and why."""
+    if key.get("org_evidence"):
+        return f"inferred: {key['org_evidence']}"
+    if str(key.get("org", "")).startswith("org:"):
+        return "assumed (unlabelled; set GROQ_ORG_N)"
+    return "configured"
 
 
 def _health(state: str) -> str:

@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
 
-__all__ = ["ApiKey", "YmeraSettings", "discover_keys", "mask_key"]
+__all__ = ["ApiKey", "YmeraSettings", "coerce_api_keys", "discover_keys", "mask_key"]
 
 _KEY_VAR = re.compile(r"^GROQ_API_KEY(?:_(\d+))?$")
 
@@ -114,6 +114,97 @@ def discover_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
             var = "GROQ_API_KEY" if n == 1 else f"GROQ_API_KEY_{n}"
             raise ConfigurationError(f"{var} is not a valid API key", setting=var) from None
     return keys
+
+
+_KEY_FORMS = 'a key string, a SecretStr, an ApiKey or a {"secret", "org", "label"} dict'
+_DICT_FIELDS = frozenset({"secret", "org", "label"})
+
+
+def coerce_api_keys(value: Any, *, setting: str = "api_keys") -> tuple[ApiKey, ...]:
+    """Every documented form of `api_keys` as `ApiKey`s, in order, duplicates dropped.
+
+    Items may be strings, `SecretStr`, `ApiKey` or `{"secret", "org", "label"}` dicts, mixed
+    in one list (a single string or `SecretStr` is a list of one). An item without a label is
+    labelled `key<position>` (1-based).
+
+    Raises:
+        ConfigurationError: An item is of another type, a dict has unknown fields or no
+            `secret`, a key is empty or contains whitespace, or two keys share a label. The
+            message names the item's position (and field names), never a key.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, (str, SecretStr, ApiKey, Mapping)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigurationError(
+            f"{setting} must be a list of keys ({_KEY_FORMS} each), got {type(value).__name__}",
+            setting=setting,
+        )
+    out: list[ApiKey] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value, start=1):
+        where = f"{setting} item {i}"
+        key = _coerce_key(item, i, where, setting)
+        raw = key.secret.get_secret_value()
+        if raw in seen:
+            continue
+        seen.add(raw)
+        out.append(key)
+    labels = [k.label for k in out]
+    dup = sorted({label for label in labels if labels.count(label) > 1})
+    if dup:
+        raise ConfigurationError(
+            f"{setting}: key labels must be unique ({', '.join(map(repr, dup))} repeated)",
+            setting=setting,
+        )
+    return tuple(out)
+
+
+def _coerce_key(item: Any, position: int, where: str, setting: str) -> ApiKey:
+    if isinstance(item, ApiKey):
+        return item
+    fields: dict[str, Any]
+    if isinstance(item, (str, SecretStr)):
+        fields = {"secret": item}
+    elif isinstance(item, Mapping):
+        names = {str(k) for k in item}
+        unknown = sorted(names - _DICT_FIELDS)
+        if unknown or "secret" not in names:
+            problem = f"unknown fields {unknown}" if unknown else "no 'secret'"
+            raise ConfigurationError(
+                f'{where}: a key dict takes "secret", "org" and "label"; it has {problem}',
+                setting=setting,
+            )
+        fields = dict(item)
+    else:
+        raise ConfigurationError(
+            f"{where}: expected {_KEY_FORMS}, got {type(item).__name__}", setting=setting
+        )
+    secret = fields["secret"]
+    if not isinstance(secret, (str, SecretStr)):
+        raise ConfigurationError(
+            f"{where}: 'secret' must be a string or SecretStr, got {type(secret).__name__}",
+            setting=setting,
+        )
+    for name in ("org", "label"):
+        v = fields.get(name)
+        if v is not None and not (isinstance(v, str) and v.strip()):
+            raise ConfigurationError(
+                f"{where}: {name!r} must be a non-empty string", setting=setting
+            )
+    try:
+        return ApiKey(
+            secret=secret if isinstance(secret, SecretStr) else SecretStr(secret),
+            label=fields.get("label") or f"key{position}",
+            org=fields.get("org") or None,
+        )
+    except ValidationError as exc:
+        # The message only: pydantic's text would echo the input, which is a key.
+        reason = "; ".join(
+            str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_input=False)
+        )
+        raise ConfigurationError(f"{where}: {reason}", setting=setting) from None
 
 
 def _default_data_dir() -> Path:
@@ -214,30 +305,7 @@ class YmeraSettings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _coerce_keys(cls, value: Any) -> Any:
-        if isinstance(value, (str, SecretStr)):
-            value = [value]
-        out: list[Any] = []
-        seen: set[str] = set()
-        for i, k in enumerate(value or (), start=1):
-            if isinstance(k, (str, SecretStr)):
-                k = ApiKey(secret=SecretStr(k) if isinstance(k, str) else k, label=f"key{i}")
-            elif isinstance(k, Mapping):
-                k = ApiKey.model_validate({"label": f"key{i}", **k})
-            raw = k.secret.get_secret_value() if isinstance(k, ApiKey) else None
-            if raw is not None and raw in seen:
-                continue
-            if raw is not None:
-                seen.add(raw)
-            out.append(k)
-        return tuple(out)
-
-    @field_validator("api_keys")
-    @classmethod
-    def _unique_labels(cls, value: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
-        labels = [k.label for k in value]
-        if len(set(labels)) != len(labels):
-            raise ValueError("key labels must be unique")
-        return value
+        return coerce_api_keys(value)
 
     @field_validator("base_url")
     @classmethod

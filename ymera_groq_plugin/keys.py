@@ -21,17 +21,18 @@ holds or writes a secret.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Literal
 
 from .clock import Clock
 from .config import ApiKey
 from .errors import ConfigurationError
-from .storage.quota_base import KeyRecord, KeyStates, KeyStateStore
+from .storage.quota_base import KeyRecord, KeyStates, KeyStateStore, Report
 from .types import RateLimits
 
 __all__ = ["DEGRADED", "DISABLED", "HEALTHY", "COOLING", "Health", "KeyPool"]
@@ -47,6 +48,50 @@ DISABLED: Health = "disabled"
 _CHAIN_WINDOW = 60.0
 """Seconds within which two organisations' request counts are compared for a shared budget."""
 
+_REPORTS_KEPT = 12
+"""Recent request-count reports kept per (organisation, model) in the shared store."""
+
+_DISTINCT_FOR = 600.0
+"""Seconds a pair whose counts proved two budgets is not compared again."""
+
+_MAX_GAP = 0.25
+"""Share of missing numbers a run of one budget's counts may have (answers the fleet did not
+see: calls from elsewhere, lost answers) and still count as one run."""
+
+
+def _compare(a: list[int], b: list[int], need: int) -> Literal["shared", "separate"] | None:
+    """Whether two organisations' recent request counts show one budget, two, or not yet.
+
+    One budget: every answer takes the next number, so the two sets are disjoint and together
+    form one nearly gapless run that both take part in. Two budgets: the same numbers show up
+    on both (fresh keys count down alike; an idle budget reports one number again and again),
+    or the runs lie apart.
+    """
+    if len(a) < need or len(b) < need:
+        return None
+    sa, sb = set(a), set(b)
+    common = sum(1 for v in a if v in sb) + sum(1 for v in b if v in sa)
+    if common >= 3:
+        return "separate"
+    if common:
+        return None  # a coincidence (a refill between two answers) proves nothing yet
+    union = sa | sb
+    span = max(union) - min(union) + 1
+    interleaved = min(sa) < max(sb) and min(sb) < max(sa)
+    if interleaved and span - len(union) <= _MAX_GAP * len(union):
+        return "shared"
+    if span > 4 * len(union):
+        return "separate"
+    return None
+
+
+def _run(values: set[int]) -> str:
+    """A short display of a set of counts: `996-990` or `996, 993`."""
+    ordered = sorted(values, reverse=True)
+    if len(ordered) > 3:
+        return f"{ordered[0]}…{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
 
 class KeyPool:
     """Keys grouped by organisation, with health, shared through a `KeyStateStore`.
@@ -60,8 +105,9 @@ class KeyPool:
         degrade_after: Consecutive failures (5xx, 498, timeouts) that degrade a key.
         failure_window: Failures further apart than this start a new count.
         degrade_for: Seconds a degraded key stays ranked last.
-        merge_evidence: Matching request counts needed before two organisations are merged on
-            header evidence alone (a 429 text naming the organisation merges at once).
+        merge_evidence: Request-count reports needed from each of two organisations (fleet-wide)
+            before they are merged on header evidence alone (a 429 text naming the organisation
+            merges at once).
 
     Raises:
         ConfigurationError: Two keys have the same label.
@@ -77,7 +123,7 @@ class KeyPool:
         degrade_after: int = 3,
         failure_window: float = 60.0,
         degrade_for: float = 30.0,
-        merge_evidence: int = 6,
+        merge_evidence: int = 3,
     ) -> None:
         labels = [k.label for k in keys]
         if len(set(labels)) != len(labels):
@@ -103,10 +149,15 @@ class KeyPool:
         self._tick = 0
         self._groups: list[tuple[str, list[ApiKey]]] | None = None
         self._groups_until = math.inf
-        self._reports: dict[str, dict[str, tuple[float, int, int]]] = {}
-        self._evidence: dict[tuple[str, str, str], int] = {}
-        self._distinct: dict[tuple[str, str, str], float] = {}
+        self._distinct: dict[tuple[str, str], float] = {}
         self._warned: set[frozenset[str]] = set()
+        self._merge_lock: asyncio.Lock | None = None
+        self._unlabelled = any(k.org is None for k in self._keys)
+        self._shares: dict[str, int] = {}
+        self._shares_until = math.inf
+        self.on_merge: Callable[[str, str], Awaitable[None]] | None = None
+        """Called as `on_merge(gone, kept)` by the one process that records a merge first (the
+        quota manager moves the merged organisation's buckets)."""
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -118,6 +169,11 @@ class KeyPool:
     @property
     def store(self) -> KeyStateStore:
         return self._store
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds within which other processes' findings (merges, disabled keys) arrive."""
+        return self._refresh_interval
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -197,6 +253,7 @@ class KeyPool:
 
     def _invalidate(self) -> None:
         self._groups = None
+        self._shares = {}
 
     def keys_of(self, org: str) -> list[ApiKey]:
         """Every configured key (usable or not) spending `org`'s budget."""
@@ -292,8 +349,11 @@ class KeyPool:
         Returns:
             The organisation merged into, when this revealed that keys share one budget.
         """
-        if self.record(key).groq_org != groq_org:
-            await self._write(key, groq_org=groq_org)
+        rec = self.record(key)
+        if rec.groq_org != groq_org:
+            # The evidence of a merge already shown is kept; otherwise this is the evidence.
+            evidence = rec.org_evidence or f"named {groq_org} in a 429/413 text"
+            await self._write(key, groq_org=groq_org, org_evidence=evidence)
         mine = self.organisation(key)
         merged: str | None = None
         for other in self._keys:
@@ -302,7 +362,10 @@ class KeyPool:
             same = self.record(other).groq_org == groq_org or other.org == groq_org
             if same and self.organisation(other) != mine:
                 merged = await self.merge(
-                    mine, self.organisation(other), reason=groq_org, prefer=groq_org
+                    mine,
+                    self.organisation(other),
+                    reason=f"a 429/413 text named {groq_org}",
+                    prefer=groq_org,
                 )
                 mine = self.organisation(key)
         return merged
@@ -312,14 +375,17 @@ class KeyPool:
     ) -> str | None:
         """Compare the day's request count Groq reports for `org` with other organisations'.
 
-        One budget shows as one count: a response on one organisation reporting exactly one
-        request fewer remaining than another organisation's latest report, where its own
-        previous report does not explain the number. After `merge_evidence` such reports in a
-        row (and none against), the two organisations are merged. A report at or behind the
-        other organisation's latest count proves two budgets and keeps the pair apart for a
-        minute: separate budgets used alike by concurrent requests (whose answers arrive out
-        of order, some of them in other processes) otherwise look like one now and then. A
-        429 text naming the organisation remains the sure way (`observe_organization`).
+        Every process adds its reports to the shared store and reads the fleet's recent ones
+        back (one round trip), so the comparison sees every answer, not only this process's
+        share of them. One budget shows as one count: every answer takes the next number, so
+        the two organisations' recent counts are *disjoint* and *interleave* into one nearly
+        gapless run (99, 97, 96 on one key; 98, 95, 94 on the other). Two budgets show
+        *duplicates* (both fresh keys report 999, 998, …) or runs far apart. With
+        `merge_evidence` reports from each of the two and no duplicate, they are merged; two
+        or more duplicates keep the pair apart for `_DISTINCT_FOR` seconds and stop the round
+        trips for it. The order in which concurrent answers arrive does not matter: only the
+        sets of numbers are compared. A 429 text naming the organisation remains the sure way
+        (`observe_organization`).
 
         Returns:
             The organisation merged into, if a merge happened.
@@ -329,38 +395,85 @@ class KeyPool:
             return None
         now = self._clock() if now is None else now
         org = self.canonical(org)
-        reports = self._reports.setdefault(model, {})
-        own = reports.get(org)
+        others = [
+            o
+            for o in {self.organisation(k) for k in self._keys if not self.is_disabled(k)}
+            if o != org and not self._decided(org, o, now)
+        ]
+        if not others:
+            return None  # every pair is decided: no round trip
+        reports = await self._store.report(
+            model,
+            org,
+            Report(now, limit, remaining),
+            orgs=[org, *others],
+            window=_CHAIN_WINDOW,
+            keep=_REPORTS_KEPT,
+        )
+        mine = [r.remaining for r in reports.get(org, ()) if r.limit == limit]
         merged: str | None = None
-        for other, (t, other_limit, other_remaining) in list(reports.items()):
-            if other == org or self.canonical(other) == org or now - t > _CHAIN_WINDOW:
-                continue
-            low, high = sorted((org, other))
-            ev_key = (model, low, high)
-            if other_limit == limit and remaining >= other_remaining:
-                # A count at or behind another's latest: two budgets (one budget's count only
-                # moves on). Under concurrency, and with several processes each seeing part of
-                # the answers, two separate counts also "continue" each other now and then, so
-                # this pair proves nothing for a while.
-                self._evidence.pop(ev_key, None)
-                self._distinct[ev_key] = now + _CHAIN_WINDOW
-                continue
-            if self._distinct.get(ev_key, -math.inf) > now:
-                continue
-            continues_other = other_limit == limit and remaining == other_remaining - 1
-            continues_own = own is not None and remaining == own[2] - 1
-            if continues_other and not continues_own and remaining < limit - 1:
-                self._evidence[ev_key] = self._evidence.get(ev_key, 0) + 1
-                if self._evidence[ev_key] >= self._merge_evidence:
-                    del self._evidence[ev_key]
-                    merged = await self.merge(
-                        org, other, reason="their request counts continue each other"
-                    )
-                    org = self.canonical(org)
-            elif continues_own:
-                self._evidence.pop(ev_key, None)
-        reports[org] = (now, limit, remaining)
+        for other in others:
+            theirs = [r.remaining for r in reports.get(other, ()) if r.limit == limit]
+            verdict = _compare(mine, theirs, self._merge_evidence)
+            if verdict == "separate":
+                low, high = sorted((org, other))
+                self._distinct[(low, high)] = now + _DISTINCT_FOR
+                self._shares.clear()
+            elif verdict == "shared" and self.canonical(other) != self.canonical(org):
+                merged = await self.merge(
+                    org,
+                    other,
+                    reason=(
+                        f"their x-ratelimit-remaining-requests for {model} form one count "
+                        f"({_run(set(mine))} and {_run(set(theirs))})"
+                    ),
+                )
+                org = self.canonical(org)
+                mine += theirs
         return merged
+
+    def _labelled(self, org: str) -> bool:
+        """Whether the user named this organisation (`GROQ_ORG_N`, `"org"`) for some key."""
+        return any(k.org is not None and self.organisation(k) == org for k in self._keys)
+
+    def _decided(self, a: str, b: str, now: float) -> bool:
+        """Whether two (canonical) organisations are known to be separate budgets: both
+        labelled by the user, or their request counts proved it lately."""
+        if self._labelled(a) and self._labelled(b):
+            return True
+        low, high = sorted((a, b))
+        return self._distinct.get((low, high), -math.inf) > now
+
+    def share_of(self, org: str, now: float | None = None) -> int:
+        """How many usable organisations `org` might still be one budget with, itself
+        included (1 when every pair it is in is decided).
+
+        Until the first answers decide, an organisation nobody labelled may be one budget
+        with any other, so the quota manager lets each of them use only this share of the
+        requests-per-minute limit: the fleet cannot overspend one budget seen through
+        several keys before the evidence arrives (a few answers later).
+        """
+        if not self._unlabelled:
+            return 1  # every organisation was named: nothing to find out
+        now = self._clock() if now is None else now
+        groups = self.groups(now)
+        if now >= self._shares_until:
+            self._shares.clear()
+        n = self._shares.get(org)
+        if n is not None:
+            return n
+        canon = self.canonical(org)
+        n = 1
+        for other, _ in groups:
+            if other != canon and not self._decided(canon, other, now):
+                n += 1
+        if not self._shares:
+            # Valid until the groups change or a "separate" verdict expires.
+            self._shares_until = min(
+                (t for t in self._distinct.values() if t > now), default=math.inf
+            )
+        self._shares[org] = n
+        return n
 
     async def merge(self, a: str, b: str, *, reason: str, prefer: str | None = None) -> str:
         """Record that organisations `a` and `b` share one budget; warn once.
@@ -371,24 +484,27 @@ class KeyPool:
         Returns:
             The surviving organisation.
         """
-        a, b = self.canonical(a), self.canonical(b)
-        if a == b:
-            return a
-
-        def first(org: str) -> int:
-            return min(
-                (self._order[k.label] for k in self._keys if self.organisation(k) == org),
-                default=len(self._keys),
-            )
-
-        if prefer in (a, b):
-            keep, gone = (a, b) if prefer == a else (b, a)
-        else:
-            keep, gone = (a, b) if (first(a), a) <= (first(b), b) else (b, a)
-        labels = sorted(k.label for k in self._keys if self.organisation(k) in (keep, gone))
-        self._aliases[gone] = keep
-        self._invalidate()
-        await self._store.set_alias(gone, keep)
+        if self._merge_lock is None:
+            self._merge_lock = asyncio.Lock()
+        async with self._merge_lock:
+            a, b = self.canonical(a), self.canonical(b)
+            if a == b:
+                return a
+            keep, gone, labels = self._merge_order(a, b, prefer)
+            moved = [k for k in self._keys if self.organisation(k) == gone]
+            first_here = await self._store.set_alias(gone, keep)
+            if first_here and self.on_merge is not None:
+                # Only the process that recorded the alias first moves the buckets, so what
+                # the merged organisation used is counted once however many found it; and
+                # before this process routes to the survivor alone (reservations wait for the
+                # lock meanwhile), so none is made on a survivor that does not count it yet.
+                await self.on_merge(gone, keep)
+            self._aliases[gone] = keep
+            self._invalidate()
+        evidence = f"shares {keep}'s budget: {reason}"
+        for k in moved:
+            if self.record(k).org_evidence != evidence:
+                await self._write(k, org_evidence=evidence)
         warned = frozenset(labels)
         if warned not in self._warned:
             self._warned.add(warned)
@@ -401,6 +517,29 @@ class KeyPool:
                 keep,
             )
         return keep
+
+    def _merge_order(self, a: str, b: str, prefer: str | None) -> tuple[str, str, list[str]]:
+        """(kept, gone, labels of both) for a merge of `a` and `b`."""
+
+        def first(org: str) -> int:
+            return min(
+                (self._order[k.label] for k in self._keys if self.organisation(k) == org),
+                default=len(self._keys),
+            )
+
+        if prefer in (a, b):
+            keep, gone = (a, b) if prefer == a else (b, a)
+        else:
+            keep, gone = (a, b) if (first(a), a) <= (first(b), b) else (b, a)
+        labels = sorted(k.label for k in self._keys if self.organisation(k) in (keep, gone))
+        return keep, gone, labels
+
+    async def merges_done(self) -> None:
+        """Return once no merge is being recorded (reservations wait for one in progress)."""
+        lock = self._merge_lock
+        if lock is not None and lock.locked():
+            async with lock:
+                pass
 
     # -- display ----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
   "scope": "fleet" | "process", "mode": "redis" | "embedded", "namespace", "generated_at",
   "alert_thresholds": [0.8, 0.9, 0.95],
   "api_keys":    {"total", "healthy",
-                  "keys": [{"label", "key" (masked), "org", "health",
+                  "keys": [{"label", "key" (masked), "org", "org_evidence", "health",
                             "usage": {rpm|rpd|tpm|tpd: {"used", "max_fraction"}},
                             "models": {model: {rpm|rpd|tpm|tpd: {"used", "limit"}}}}],
                   "usage": [{"org", "rpm", "rpd", "health"}]},          # the plan's list
@@ -659,6 +659,7 @@ class Monitor:
                     "label": key.label,
                     "key": key.masked,
                     "org": info.get("org", key.organisation),
+                    "org_evidence": info.get("org_evidence"),
                     "health": info.get("health", "unknown" if not by_label else "healthy"),
                     "usage": summary,
                     "models": per_model,

@@ -112,6 +112,10 @@ so that waiting what the ledger says is always enough. An empty bucket gets no m
 request of exactly the limit still fits. The Redis script uses the same rule.
 """
 
+_MERGED_COOLDOWN = 60.0
+"""Seconds an organisation merged into another refuses reservations, until every process knows
+of the merge (see `QuotaManager._absorb`)."""
+
 DEFAULT_RESERVATION_TTL = 600.0
 """Seconds after which an unsettled reservation is given back (its process probably died)."""
 
@@ -586,8 +590,12 @@ class QuotaLedger:
         *,
         requests: int = 1,
         now: float | None = None,
+        defaults: Limits | None = None,
     ) -> tuple[float, QuotaState]:
         """Reserve `requests` and `tokens` on all four buckets, or nothing.
+
+        Args:
+            defaults: Limits to apply where none was learned, instead of the catalog's.
 
         Returns:
             `(wait, state)`: 0 when reserved, else seconds until it would fit (`inf`: never).
@@ -599,7 +607,7 @@ class QuotaLedger:
             reservation_id=reservation_id,
             requests=requests,
             tokens=tokens,
-            defaults=self.defaults(model),
+            defaults=defaults or self.defaults(model),
             now=now,
             ttl=self.reservation_ttl,
         )
@@ -857,6 +865,8 @@ class QuotaManager:
         self.served: Callable[[str, str], bool] | None = None
         """(organisation, model) → whether that organisation is served the model (set by the
         engine from the account's listings and 404s); `None`: every organisation is."""
+        self._turn = -1
+        self.pool.on_merge = self._absorb
 
     @classmethod
     def from_settings(
@@ -1047,7 +1057,13 @@ class QuotaManager:
                 )
             return None, best_wait
         if len(ranked) > 1:
-            ranked.sort(key=lambda r: (-r[0], r[1]))
+            # Ties (fresh organisations, equal use) take turns instead of all going to the
+            # first configured one: a burst of concurrent requests, decided before any of its
+            # reservations returns, then spreads over every organisation, whose answers are
+            # what tells keys of one unlabelled organisation apart (`KeyPool.observe_headers`).
+            self._turn += 1
+            turn, width = self._turn, len(groups)
+            ranked.sort(key=lambda r: (-r[0], (r[1] - turn) % width))
         for _, _, org, keys in ranked:
             key = self.pool.pick(keys, now)
             rid = f"{self._id_prefix}{next(self._ids)}"
@@ -1076,16 +1092,31 @@ class QuotaManager:
     async def _reserve(
         self, org: str, model: str, rid: str, tokens: int, now: float
     ) -> tuple[float, QuotaState]:
+        defaults: Limits | None = None
+        share = self.pool.share_of(org, now)
+        if share > 1:
+            # Possibly one budget with other unlabelled organisations: a share of the RPM
+            # limit each until their first answers decide (`KeyPool.share_of`).
+            rpm, *rest = self.ledger.defaults(model)
+            if rpm is not None:
+                defaults = (max(1, rpm // share), *rest)  # type: ignore[assignment]
+        reserve = self.ledger.reserve(org, model, rid, tokens, now=now, defaults=defaults)
         if not self._shield:
-            return await self.ledger.reserve(org, model, rid, tokens, now=now)
-        # Cancelled mid round trip, the script may still have reserved: finish it and give the
-        # reservation back, rather than leaving it to expire.
-        task = asyncio.ensure_future(self.ledger.reserve(org, model, rid, tokens, now=now))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
-            raise
+            wait, state = await reserve
+        else:
+            # Cancelled mid round trip, the script may still have reserved: finish it and give
+            # the reservation back, rather than leaving it to expire.
+            task = asyncio.ensure_future(reserve)
+            try:
+                wait, state = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.add_done_callback(lambda t: self._release_orphan(t, org, model, rid))
+                raise
+        if defaults is not None and state.learned[0] is None:
+            # Displays and alerts show the model's limit, not the share.
+            state = state._replace(limits=(self.ledger.defaults(model)[0], *state.limits[1:]))
+            self.ledger._views[(org, model)] = state
+        return wait, state
 
     def _release_orphan(
         self, task: asyncio.Future[tuple[float, QuotaState]], org: str, model: str, rid: str
@@ -1153,22 +1184,76 @@ class QuotaManager:
                 completion_tokens=completion,
                 elapsed=now - grant.reserved_at,
             )
+        org = self.pool.canonical(grant.org)
+        if org != grant.org:
+            # Reserved on an organisation merged since: give the reservation back there and
+            # charge the organisation that really spent it.
+            await self._protect(
+                self.ledger.release(grant.org, grant.model, grant.reservation_id, now=now)
+            )
         _, state = await self._protect(
             self.ledger.settle(
-                grant.org,
+                org,
                 grant.model,
-                grant.reservation_id,
+                grant.reservation_id if org == grant.org else None,
                 requests=1,
                 tokens=used,
                 observation=obs,
                 now=now,
             )
         )
-        self._check_alerts(grant.org, grant.model, state, now)
+        self._check_alerts(org, grant.model, state, now)
         self._wake(grant.model)
         await self.pool.record_success(grant.key)
         if rate_limits is not None:
             await self.pool.observe_headers(grant.org, grant.model, rate_limits, now=now)
+
+    async def _absorb(self, gone: str, kept: str) -> None:
+        """Organisation `gone` turned out to spend `kept`'s budget: move what `gone` holds to
+        `kept`, once for the whole fleet (only the process that recorded the merge first
+        calls this).
+
+        Other processes learn of the merge within their key refresh interval; meanwhile they
+        would still reserve on `gone`'s own buckets, spending the shared budget twice. So
+        `gone` first cools down for every model, in the store, for `_MERGED_COOLDOWN`
+        seconds: the store refuses those reservations atomically and the processes move to
+        the other organisations. Everything `gone` holds after that was reserved before it,
+        so one move counts it all: consumption still draining plus reservations still
+        outstanding (other processes may settle those on `gone`, not knowing yet; this
+        process's own are charged to `kept` when they settle, so they are left out).
+
+        Only the kinds no header reports are moved (requests per minute, tokens per day):
+        Groq's next report on `kept` counts requests per day and tokens per minute already,
+        and the floor it sets would count them twice.
+        """
+        now = self._clock()
+        models = sorted(
+            {m.id for m in self.catalog.served()} | {m for o, m in self._touched if o == gone}
+        )
+        until = now + max(_MERGED_COOLDOWN, 3 * self.pool.refresh_interval)
+        mine: dict[str, list[float]] = {}
+        for g in self._outstanding.values():
+            if g.org == gone:
+                held = mine.setdefault(g.model, [0.0, 0.0])
+                held[0] += 1
+                held[1] += g.reserved_tokens
+        try:
+            await asyncio.gather(
+                *(self.ledger.observe(gone, m, Observation(cool_until=until)) for m in models)
+            )
+            states = await self.ledger.states([(gone, m) for m in models], now=now)
+            for model, st in zip(models, states, strict=True):
+                own = mine.get(model, [0.0, 0.0])
+                rpm = st.levels[0] + max(0.0, st.pending_requests - own[0])
+                tpd = st.levels[3] + max(0.0, st.pending_tokens - own[1])
+                if rpm <= EPSILON and tpd <= EPSILON:
+                    continue
+                await self.ledger.observe(
+                    kept, model, Observation(charges=(rpm, 0.0, 0.0, tpd)), now=now
+                )
+                self._touched.add((kept, model))
+        except Exception:  # a merge must not fail the call that revealed it
+            logger.warning("Could not move %s's use of its buckets to %s", gone, kept)
 
     async def release(self, grant: Grant) -> None:
         """Give the reservation back in full: the call never reached Groq.
@@ -1319,9 +1404,9 @@ class QuotaManager:
         """Usage per key and per model, in the original plan's shape.
 
         Returns:
-            `{"keys": {label: {"org", "masked", "health", "usage": {model: {"rpm": {"used",
-            "limit"}, "rpd": …, "tpm": …, "tpd": …}}}}, "models": {model: {"rpm": {"used",
-            "limit"}, …, "remaining": {org: {"requests", "tokens", "reported_at"}},
+            `{"keys": {label: {"org", "masked", "org_evidence", "health", "usage": {model:
+            {"rpm": {"used", "limit"}, "rpd": …, "tpm": …, "tpd": …}}}}, "models": {model:
+            {"rpm": {"used", "limit"}, …, "remaining": {org: {"requests", "tokens", "reported_at"}},
             "cooling_until": {org: t}}}}`. `used` counts consumption still in the window plus
             reservations; model totals add up every organisation.
         """
@@ -1355,6 +1440,7 @@ class QuotaManager:
             keys_out[key.label] = {
                 "org": org,
                 "masked": key.masked,
+                "org_evidence": self.pool.record(key).org_evidence,
                 "health": self.pool.health(key, now=now),
                 "usage": {m: kinds(by[org]) for m, by in active.items() if org in by},
             }

@@ -24,6 +24,7 @@ from ymera_groq_plugin.storage.quota_base import (
     Observation,
     QuotaState,
     QuotaStore,
+    Report,
 )
 from ymera_groq_plugin.storage.redis_quota import RedisKeyStateStore, RedisQuotaStore
 
@@ -336,6 +337,46 @@ async def test_aliases_and_clear(keystore: KeyStateStore) -> None:
     await keystore.clear()
     states = await keystore.load(["key1"])
     assert states.records == {} and states.aliases == {}
+
+
+@all_backends
+async def test_the_first_alias_writer_is_told(keystore: KeyStateStore) -> None:
+    assert await keystore.set_alias("org:key2", "org:key1") is True
+    assert await keystore.set_alias("org:key2", "org:key1") is False  # another process, later
+    assert await keystore.set_alias("org:key1", "org:key1") is False
+
+
+@all_backends
+async def test_request_count_reports_are_shared_recent_and_bounded(
+    keystore: KeyStateStore,
+) -> None:
+    model = "openai/gpt-oss-20b"
+    for n in range(5):
+        got = await keystore.report(
+            model,
+            "org_a",
+            Report(T0 + n, 1000, 990 - n),
+            orgs=["org_a", "org_b"],
+            window=60,
+            keep=3,
+        )
+    assert got == {"org_a": [Report(T0 + n, 1000, 990 - n) for n in (2, 3, 4)]}
+    got = await keystore.report(
+        model, "org_b", Report(T0 + 70, 1000, 500), orgs=["org_b", "org_a"], window=60, keep=3
+    )
+    # org_a's reports are older than the window by now; another model's are apart.
+    assert got == {"org_b": [Report(T0 + 70, 1000, 500)]}
+    other = await keystore.report(
+        "qwen/qwen3-32b", "org_a", Report(T0 + 71, 1000, 1), orgs=["org_b"], window=60, keep=3
+    )
+    assert other == {}
+    await keystore.clear()
+    assert (
+        await keystore.report(
+            model, "org_c", Report(T0 + 72, 1000, 7), orgs=["org_b"], window=60, keep=3
+        )
+        == {}
+    )
 
 
 # -- both backends compute the same numbers ----------------------------------------------------

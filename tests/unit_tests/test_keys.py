@@ -154,14 +154,63 @@ async def test_request_counts_that_continue_each_other_merge_organisations() -> 
     k1, k2 = key(1), key(2)
     pool = KeyPool([k1, k2], clock=clock)
     o1, o2 = pool.organisation(k1), pool.organisation(k2)
-    # One budget seen through two keys: 990, 989, 988, … alternating between them; six
-    # reports continuing the other key's count merge them.
+    # One budget seen through two keys: 990, 989, 988, … alternating between them; three
+    # reports from each, disjoint and forming one run, merge them.
     results = []
     for n, org in enumerate([o1, o2] * 4):
         clock.advance(1)
         results.append(await pool.observe_headers(org, MODEL, rl(990 - n)))
-    assert results[:6] == [None] * 6 and results[6] == o1
+    assert results[:5] == [None] * 5 and results[5] == o1
     assert pool.organisation(k2) == o1
+    evidence = pool.record(k2).org_evidence
+    assert evidence is not None and "form one count" in evidence and "org:key1" in evidence
+    assert pool.record(k1).org_evidence is None  # the surviving organisation is its own
+
+
+async def test_one_budget_is_found_whatever_order_the_answers_arrive_in() -> None:
+    """Concurrent requests on one budget through two keys, answers shuffled within batches
+    (as several processes see them): the sets of counts, not their order, decide."""
+    import random
+
+    rng = random.Random(3)
+    clock = FakeClock(T0)
+    k1, k2 = key(1), key(2)
+    store = MemoryKeyStateStore()
+    # Two processes, each seeing half of the answers, comparing through one store.
+    a = KeyPool([k1, k2], store=store, clock=clock)
+    b = KeyPool([k1, k2], store=store, clock=clock)
+    o1, o2 = a.organisation(k1), a.organisation(k2)
+    count = 1000
+    merged = []
+    for _ in range(3):
+        batch = [(rng.choice((a, b)), rng.choice((o1, o2)), count - j - 1) for j in range(6)]
+        count -= 6
+        rng.shuffle(batch)
+        for pool, org, value in batch:
+            clock.advance(0.01)
+            merged.append(await pool.observe_headers(org, MODEL, rl(value)))
+        if any(merged):
+            break
+    assert o1 in merged
+    await a.refresh(force=True)
+    await b.refresh(force=True)
+    assert a.organisation(k2) == b.organisation(k2) == o1
+
+
+async def test_the_first_process_to_record_a_merge_is_told_once() -> None:
+    store = MemoryKeyStateStore()
+    k1, k2 = key(1), key(2)
+    calls: list[tuple[str, str]] = []
+
+    async def moved(gone: str, kept: str) -> None:
+        calls.append((gone, kept))
+
+    a = KeyPool([k1, k2], store=store, clock=FakeClock(T0))
+    b = KeyPool([k1, k2], store=store, clock=FakeClock(T0))
+    a.on_merge = b.on_merge = moved
+    assert await a.merge("org:key2", "org:key1", reason="test") == "org:key1"
+    assert await b.merge("org:key2", "org:key1", reason="test") == "org:key1"
+    assert calls == [("org:key2", "org:key1")]
 
 
 async def test_concurrent_traffic_on_separate_budgets_does_not_merge() -> None:
@@ -211,3 +260,67 @@ async def test_independent_request_counts_do_not_merge() -> None:
         assert await pool.observe_headers(org, MODEL, rl(300 - n)) is None
     assert pool.organisation(k1) != pool.organisation(k2)
     assert await pool.observe_headers(o1, MODEL, RateLimits(limit_tokens=6000)) is None
+
+
+async def test_unlabelled_organisations_share_until_their_answers_decide() -> None:
+    clock = FakeClock(T0)
+    k1, k2, k3 = key(1), key(2), key(3, "org_named")
+    pool = KeyPool([k1, k2, k3], clock=clock)
+    o1, o2 = pool.organisation(k1), pool.organisation(k2)
+    # Nobody said where key1 and key2 belong: each may be one budget with any other.
+    assert [pool.share_of(o) for o in (o1, o2, "org_named")] == [3, 3, 3]
+    # Fresh separate budgets count down alike: the duplicates decide "separate".
+    for n in range(3):
+        clock.advance(1)
+        await pool.observe_headers(o1, MODEL, rl(999 - n))
+        await pool.observe_headers(o2, MODEL, rl(999 - n))
+    assert pool.share_of(o1) == pool.share_of(o2) == 2  # still undecided with org_named
+    # Two organisations the user named are taken at their word.
+    named = KeyPool([key(1, "org_a"), key(2, "org_b")], clock=clock)
+    assert named.share_of("org_a") == named.share_of("org_b") == 1
+
+
+async def test_a_burst_on_unlabelled_keys_fits_one_organisations_budget() -> None:
+    """Before any answer, two unlabelled organisations together admit one RPM budget, since
+    they may be one; once their counts prove two budgets, each has its own."""
+    from ymera_groq_plugin.catalog import Catalog, ModelInfo, ModelLimits
+    from ymera_groq_plugin.errors import QuotaExhaustedError
+    from ymera_groq_plugin.quota import QuotaManager
+    from ymera_groq_plugin.storage.memory import MemoryQuotaStore
+
+    clock = FakeClock(T0)
+    catalog = Catalog(
+        [
+            ModelInfo(
+                id=MODEL,
+                context_window=8192,
+                max_completion_tokens=512,
+                limits=ModelLimits(rpm=6, rpd=1000, tpm=100_000, tpd=1_000_000),
+            )
+        ]
+    )
+    manager = QuotaManager(
+        [key(1), key(2)],
+        catalog,
+        quota_store=MemoryQuotaStore(),
+        key_store=MemoryKeyStateStore(),
+        clock=clock,
+    )
+    grants = [await manager.acquire(MODEL, 10) for _ in range(6)]
+    assert sorted(g.key.label for g in grants) == ["key1"] * 3 + ["key2"] * 3
+    with pytest.raises(QuotaExhaustedError):
+        await manager.acquire(MODEL, 10)
+    # Alerts and displays show the model's limit, not the share.
+    assert manager.ledger.limits(manager.pool.organisation(key(1)), MODEL)[0] == 6
+    # Their answers count down alike: two budgets; each organisation gets its whole limit.
+    for n, g in enumerate(sorted(grants, key=lambda g: g.key.label)):
+        await manager.settle(g, None, rl(999 - n % 3))
+    assert manager.pool.share_of(manager.pool.organisation(key(1))) == 1
+    assert manager.pool.organisation(key(1)) != manager.pool.organisation(key(2))
+    # Three more each would reach the limit exactly (a millisecond of drain short): two each.
+    assert sorted([(await manager.acquire(MODEL, 10)).key.label for _ in range(4)]) == [
+        "key1",
+        "key1",
+        "key2",
+        "key2",
+    ]

@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import (
@@ -42,6 +43,7 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
 from .._portal import get_portal
 from ..clock import Clock
+from ..errors import ConfigurationError
 from ..types import ChatRequest, ChatResult
 from . import codec
 from .base import CacheStore
@@ -79,6 +81,82 @@ _WRITE_BEHIND_DELAY = 0.02
 _WRITE_BEHIND_MAX = 256
 
 
+class _Unset:
+    """Marks a tier argument not given (`None` means "no such tier")."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+@dataclasses.dataclass(slots=True)
+class _Built:
+    l1: LRUCache[Any, Any] | None
+    l2: CacheStore | None
+    l3: CacheStore | None
+    namespace: str
+    ttl: dict[str, float]
+    sampled: bool
+    enabled: bool
+
+
+def _tiers_from(
+    settings: YmeraSettings | None,
+    redis_url: str | None,
+    data_dir: str | os.PathLike[str] | None,
+    namespace: str | None,
+    sampled: bool | None,
+    enabled: bool | None,
+    clock: Clock,
+) -> _Built:
+    """The tiers a configuration describes: L1 always, L2 with a Redis URL, L3 in the data
+    directory; none with `cache_enabled=False`."""
+    from ..config import YmeraSettings
+
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("redis_url", redis_url),
+            ("data_dir", data_dir),
+            ("namespace", namespace),
+            ("cache_sampled", sampled),
+            ("cache_enabled", enabled),
+        )
+        if value is not None
+    }
+    if settings is None:
+        settings = YmeraSettings(**overrides)
+    elif overrides:
+        data = settings.model_dump()
+        data["api_keys"] = settings.api_keys
+        settings = YmeraSettings(**{**data, **overrides})
+    ttl = {"l1": settings.cache_l1_ttl, "l2": settings.cache_l2_ttl, "l3": settings.cache_l3_ttl}
+    if not settings.cache_enabled:
+        return _Built(None, None, None, settings.namespace, ttl, settings.cache_sampled, False)
+    from ..storage.sqlite_cache import SqliteCacheStore
+
+    l2: CacheStore | None = None
+    if settings.redis_url:
+        from ..storage.redis_cache import RedisCacheStore
+
+        l2 = RedisCacheStore.from_url(
+            settings.redis_url, max_entries=settings.cache_l2_max_entries, clock=clock
+        )
+    return _Built(
+        l1=LRUCache(settings.cache_l1_max_entries, settings.cache_l1_ttl, clock=clock),
+        l2=l2,
+        l3=SqliteCacheStore(
+            settings.data_dir / "cache.db", max_entries=settings.cache_l3_max_entries, clock=clock
+        ),
+        namespace=settings.namespace,
+        ttl=ttl,
+        sampled=settings.cache_sampled,
+        enabled=True,
+    )
+
+
 class _LeaderCancelled(Exception):
     """The leader of an in-flight call was cancelled: its followers try again themselves."""
 
@@ -95,10 +173,20 @@ class _Tier:
 class TieredCache(BaseCache):
     """L1 → L2 → L3 response cache for the engine, and a LangChain `BaseCache`.
 
+    Built like LangChain's own caches: `TieredCache()` reads the configuration from the
+    environment (`YmeraSettings()`: L2 on `YMERA_REDIS_URL` when set, L3 in
+    `YMERA_DATA_DIR`), `TieredCache(redis_url=..., data_dir=..., namespace=...)` overrides
+    those, and `set_llm_cache(TieredCache())` caches every LangChain model's answers. Passing
+    `l1`, `l2` or `l3` instead assembles the tiers given (the ones not given are absent).
+
     Args:
         l1: The in-process tier, or `None` for none.
         l2: The shared tier (Redis), or `None` (embedded mode).
         l3: The persistent tier (SQLite), or `None`.
+        redis_url: Build L2 on this Redis (only without explicit tiers).
+        data_dir: Build L3 in `data_dir / "cache.db"` (only without explicit tiers).
+        settings: Build every tier from this configuration (default: `YmeraSettings()` with
+            `redis_url`, `data_dir`, `namespace` and `cache_sampled` applied).
         namespace: Tenant namespace; a request's own `namespace` wins.
         ttl: Seconds per tier, e.g. `{"l1": 300, "l2": 3600, "l3": 604800}`; missing tiers
             use the L1 cache's own TTL and `DEFAULT_TTL`.
@@ -112,16 +200,38 @@ class TieredCache(BaseCache):
     def __init__(
         self,
         *,
-        l1: LRUCache[Any, Any] | None,
-        l2: CacheStore | None,
-        l3: CacheStore | None,
-        namespace: str = "default",
+        l1: LRUCache[Any, Any] | _Unset | None = _UNSET,
+        l2: CacheStore | _Unset | None = _UNSET,
+        l3: CacheStore | _Unset | None = _UNSET,
+        redis_url: str | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        settings: YmeraSettings | None = None,
+        namespace: str | None = None,
         ttl: Mapping[str, float] | None = None,
-        cache_sampled: bool = False,
+        cache_sampled: bool | None = None,
         clock: Clock = time.time,
-        enabled: bool = True,
+        enabled: bool | None = None,
         retry_after: float = 5.0,
     ) -> None:
+        if isinstance(l1, _Unset) and isinstance(l2, _Unset) and isinstance(l3, _Unset):
+            built = _tiers_from(
+                settings, redis_url, data_dir, namespace, cache_sampled, enabled, clock
+            )
+            l1, l2, l3 = built.l1, built.l2, built.l3
+            namespace, cache_sampled, enabled = built.namespace, built.sampled, built.enabled
+            ttl = {**built.ttl, **(ttl or {})}
+        elif redis_url is not None or data_dir is not None or settings is not None:
+            raise ConfigurationError(
+                "TieredCache takes either tiers (l1, l2, l3) or what to build them from "
+                "(redis_url, data_dir, settings), not both",
+                setting="redis_url" if redis_url is not None else "data_dir",
+            )
+        l1 = None if isinstance(l1, _Unset) else l1
+        l2 = None if isinstance(l2, _Unset) else l2
+        l3 = None if isinstance(l3, _Unset) else l3
+        namespace = "default" if namespace is None else namespace
+        cache_sampled = bool(cache_sampled)
+        enabled = True if enabled is None else enabled
         self.namespace = namespace
         self.cache_sampled = cache_sampled
         self.enabled = enabled
@@ -159,34 +269,7 @@ class TieredCache(BaseCache):
         L1 always; L2 when `settings.redis_url` is set; L3 in `settings.data_dir / "cache.db"`.
         With `cache_enabled=False`, a cache that never hits and never stores.
         """
-        if not settings.cache_enabled:
-            return cls(l1=None, l2=None, l3=None, namespace=settings.namespace, enabled=False)
-        from ..storage.sqlite_cache import SqliteCacheStore
-
-        l2: CacheStore | None = None
-        if settings.redis_url:
-            from ..storage.redis_cache import RedisCacheStore
-
-            l2 = RedisCacheStore.from_url(
-                settings.redis_url, max_entries=settings.cache_l2_max_entries, clock=clock
-            )
-        return cls(
-            l1=LRUCache(settings.cache_l1_max_entries, settings.cache_l1_ttl, clock=clock),
-            l2=l2,
-            l3=SqliteCacheStore(
-                settings.data_dir / "cache.db",
-                max_entries=settings.cache_l3_max_entries,
-                clock=clock,
-            ),
-            namespace=settings.namespace,
-            ttl={
-                "l1": settings.cache_l1_ttl,
-                "l2": settings.cache_l2_ttl,
-                "l3": settings.cache_l3_ttl,
-            },
-            cache_sampled=settings.cache_sampled,
-            clock=clock,
-        )
+        return cls(settings=settings, clock=clock)
 
     def __repr__(self) -> str:
         tiers = ["l1"] if self._l1 is not None else []

@@ -13,7 +13,15 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from ..quota import Bucket, empty_state, settle_bucket, snapshot, try_reserve
-from .quota_base import KEY_FIELDS, KeyRecord, KeyStates, Limits, Observation, QuotaState
+from .quota_base import (
+    KEY_FIELDS,
+    KeyRecord,
+    KeyStates,
+    Limits,
+    Observation,
+    QuotaState,
+    Report,
+)
 
 __all__ = ["MemoryKeyStateStore", "MemoryQuotaStore"]
 
@@ -240,6 +248,7 @@ class MemoryKeyStateStore:
     def __init__(self) -> None:
         self._records: dict[str, KeyRecord] = {}
         self._aliases: dict[str, str] = {}
+        self._reports: dict[tuple[str, str], list[Report]] = {}
 
     @classmethod
     def from_url(cls, url: str = "memory://", **kwargs: Any) -> MemoryKeyStateStore:
@@ -289,13 +298,38 @@ class MemoryKeyStateStore:
         self._records[label] = rec
         return rec.failures
 
-    async def set_alias(self, org: str, canonical: str) -> None:
-        if org != canonical:
-            self._aliases[org] = canonical
+    async def set_alias(self, org: str, canonical: str) -> bool:
+        if org == canonical:
+            return False
+        new = org not in self._aliases
+        self._aliases[org] = canonical
+        return new
+
+    async def report(
+        self,
+        model: str,
+        org: str,
+        report: Report,
+        *,
+        orgs: Sequence[str],
+        window: float,
+        keep: int,
+    ) -> dict[str, list[Report]]:
+        mine = self._reports.setdefault((model, org), [])
+        mine.append(report)
+        del mine[:-keep]
+        since = report.at - window
+        out: dict[str, list[Report]] = {}
+        for o in orgs:
+            recent = [r for r in self._reports.get((model, o), ()) if r.at >= since]
+            if recent:
+                out[o] = recent[-keep:]
+        return out
 
     async def clear(self) -> None:
         self._records.clear()
         self._aliases.clear()
+        self._reports.clear()
 
     async def check(self) -> bool:
         return True

@@ -30,6 +30,7 @@ __all__ = [
     "Observation",
     "QuotaState",
     "QuotaStore",
+    "Report",
     "key_record_from",
 ]
 
@@ -212,6 +213,8 @@ class KeyRecord:
         failure_since: When the first of those failures happened.
         degraded_until: The key is ranked last until this time.
         groq_org: The Groq organisation id a 429/413 text named for this key.
+        org_evidence: Why the key is known to share another organisation's budget (a 429
+            text, or request counts reported in headers), for display.
     """
 
     disabled: str | None = None
@@ -220,6 +223,15 @@ class KeyRecord:
     failure_since: float = 0.0
     degraded_until: float = 0.0
     groq_org: str | None = None
+    org_evidence: str | None = None
+
+
+class Report(NamedTuple):
+    """One `x-ratelimit-*-requests` report: when, the limit and the remaining count."""
+
+    at: float
+    limit: int
+    remaining: int
 
 
 class KeyStates(NamedTuple):
@@ -251,8 +263,28 @@ class KeyStateStore(Protocol):
         """
         ...
 
-    async def set_alias(self, org: str, canonical: str) -> None:
-        """Record that `org` spends the same budget as `canonical`."""
+    async def set_alias(self, org: str, canonical: str) -> bool:
+        """Record that `org` spends the same budget as `canonical`.
+
+        Returns:
+            Whether this call recorded it first (no process had), so exactly one process acts
+            on a merge (moves the buckets), however many found it at once.
+        """
+        ...
+
+    async def report(
+        self,
+        model: str,
+        org: str,
+        report: Report,
+        *,
+        orgs: Sequence[str],
+        window: float,
+        keep: int,
+    ) -> dict[str, list[Report]]:
+        """Add `org`'s latest request-count report for `model`; return the recent ones of
+        `orgs` (reports newer than `report.at - window`, at most `keep` per organisation, oldest
+        first), so every process compares counts against the whole fleet's."""
         ...
 
     async def clear(self) -> None:
@@ -295,4 +327,5 @@ def key_record_from(fields: Mapping[str, str | bytes]) -> KeyRecord:
         failure_since=number("failure_since"),
         degraded_until=number("degraded_until"),
         groq_org=text("groq_org"),
+        org_evidence=text("org_evidence"),
     )

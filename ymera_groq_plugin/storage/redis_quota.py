@@ -31,7 +31,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import KEY_PREFIX, astorage_errors, lua_script, redis_client
-from .quota_base import KEY_FIELDS, KeyStates, Limits, Observation, QuotaState, key_record_from
+from .quota_base import (
+    KEY_FIELDS,
+    KeyStates,
+    Limits,
+    Observation,
+    QuotaState,
+    Report,
+    key_record_from,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -375,21 +383,67 @@ class RedisKeyStateStore:
             )
         return int(n)
 
-    async def set_alias(self, org: str, canonical: str) -> None:
+    async def set_alias(self, org: str, canonical: str) -> bool:
         if org == canonical:
-            return
+            return False
         async with astorage_errors("redis", "key state alias"):
             try:
-                await self._client.hset(self._aliases, org, canonical)
+                # HSET answers how many fields it added: 1 only for the first process.
+                added = await self._client.hset(self._aliases, org, canonical)
             except Exception as exc:
                 if not _wrong_type(exc):
                     raise
                 await self._client.delete(self._aliases)
-                await self._client.hset(self._aliases, org, canonical)
+                added = await self._client.hset(self._aliases, org, canonical)
+        return bool(added)
+
+    def _reports_key(self, model: str, org: str) -> str:
+        return f"{self._prefix}reports:{{{org}:{model}}}"
+
+    async def report(
+        self,
+        model: str,
+        org: str,
+        report: Report,
+        *,
+        orgs: Sequence[str],
+        window: float,
+        keep: int,
+    ) -> dict[str, list[Report]]:
+        own = self._reports_key(model, org)
+        entry = f"{report.at!r} {report.limit} {report.remaining}"
+        async with (
+            astorage_errors("redis", "key state report"),
+            self._client.pipeline(transaction=False) as pipe,
+        ):
+            pipe.rpush(own, entry)
+            pipe.ltrim(own, -keep, -1)
+            pipe.pexpire(own, max(1, int(window * 1000)))
+            for o in orgs:
+                pipe.lrange(self._reports_key(model, o), -keep, -1)
+            replies = await pipe.execute(raise_on_error=False)
+        since = report.at - window
+        out: dict[str, list[Report]] = {}
+        for o, raw in zip(orgs, replies[3:], strict=True):
+            if isinstance(raw, Exception) or not raw:
+                continue  # a foreign or unreadable entry: nothing known about that organisation
+            recent: list[Report] = []
+            for item in raw:
+                parts = item.decode("ascii", "replace").split()
+                try:
+                    r = Report(float(parts[0]), int(parts[1]), int(parts[2]))
+                except (IndexError, ValueError):
+                    continue
+                if r.at >= since:
+                    recent.append(r)
+            if recent:
+                out[o] = recent
+        return out
 
     async def clear(self) -> None:
         async with astorage_errors("redis", "key state clear"):
             keys = [k async for k in self._client.scan_iter(match=f"{self._prefix}key:*")]
+            keys += [k async for k in self._client.scan_iter(match=f"{self._prefix}reports:*")]
             keys.append(self._aliases)
             await self._client.delete(*keys)
 

@@ -79,6 +79,7 @@ from .quota_base import (
     Observation,
     QuotaState,
     QuotaStore,
+    Report,
 )
 
 __all__ = [
@@ -1091,16 +1092,38 @@ class ResilientKeyStateStore:
         self._fb._maybe_recover()
         return await self.local.record_failure(label, now=now, window=window)
 
-    async def set_alias(self, org: str, canonical: str) -> None:
-        await self.local.set_alias(org, canonical)
+    async def set_alias(self, org: str, canonical: str) -> bool:
+        new = await self.local.set_alias(org, canonical)
         if self._fb.breaker.closed:
             try:
-                await self.primary.set_alias(org, canonical)
-                return
+                return await self.primary.set_alias(org, canonical)
             except StorageError as exc:
                 self._fb._failed("set_alias", exc)
         self._fb._maybe_recover()
         self._pending.append(("alias", org, canonical))
+        return new
+
+    async def report(
+        self,
+        model: str,
+        org: str,
+        report: Report,
+        *,
+        orgs: Sequence[str],
+        window: float,
+        keep: int,
+    ) -> dict[str, list[Report]]:
+        # Reports are evidence, not state: while the primary is away, this process compares
+        # against what it sees itself.
+        if self._fb.breaker.closed:
+            try:
+                return await self.primary.report(
+                    model, org, report, orgs=orgs, window=window, keep=keep
+                )
+            except StorageError as exc:
+                self._fb._failed("report", exc)
+        self._fb._maybe_recover()
+        return await self.local.report(model, org, report, orgs=orgs, window=window, keep=keep)
 
     async def _replay(self) -> None:
         if not await self.primary.check():
