@@ -410,6 +410,7 @@ class YmeraLiteLLM(CustomLogger):
         self._next_sweep = 0.0
         self._background: set[Any] = set()
         self._accounting: dict[tuple[str, str], list[int]] = {}
+        self._reserved = [0, 0]  # settled calls, tokens their reservations held
 
     def __repr__(self) -> str:
         with self._lock:
@@ -879,6 +880,8 @@ class YmeraLiteLLM(CustomLogger):
             if usage is not None:
                 row[1] += usage.prompt_tokens
                 row[2] += usage.completion_tokens
+            self._reserved[0] += 1
+            self._reserved[1] += grant.reserved_tokens
         latency = (time.perf_counter() - hold.started) * 1000
         stats = self.engine.stats
         with stats.lock:
@@ -1057,6 +1060,20 @@ class YmeraLiteLLM(CustomLogger):
             return {
                 pair: {"requests": r, "prompt_tokens": p, "completion_tokens": c}
                 for pair, (r, p, c) in self._accounting.items()
+            }
+
+    def reservation_use(self) -> dict[str, int]:
+        """How much the settled calls' reservations held against what Groq counted:
+        `settled` calls, `reserved_tokens` (held from the pick to the answer),
+        `prompt_tokens` and `completion_tokens` (Groq's usage of the same calls)."""
+        with self._lock:
+            prompt = sum(r[1] for r in self._accounting.values())
+            completion = sum(r[2] for r in self._accounting.values())
+            return {
+                "settled": self._reserved[0],
+                "reserved_tokens": self._reserved[1],
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
             }
 
     @property
