@@ -135,7 +135,12 @@ async def test_async_burst_on_the_routers_own_keys_gets_no_429(world: Any) -> No
     # The adopted keys show by label only.
     labels = {k.label for k in engine.quota.pool.keys}
     assert len(labels) == 3 and all(label.startswith("lk-") for label in labels)
-    shown = repr(ymera) + repr(engine.quota.pool) + " ".join(labels)
+    # The monitor lists them too, with what they used.
+    snap = await engine.asnapshot()
+    listed = {k["label"]: k for k in snap["api_keys"]["keys"]}
+    assert set(listed) == labels
+    assert sum(k["usage"]["rpm"]["used"] for k in listed.values()) == 15
+    shown = repr(ymera) + repr(engine.quota.pool) + repr(snap)
     assert not any(secret in shown for secret in KEYS)
     assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
 
