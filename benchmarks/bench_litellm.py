@@ -438,6 +438,11 @@ def _report_own(rows: dict[str, dict[str, Any]], args: Any) -> None:
         print(
             f"{name:46} {row['answered']:9d} {row['server 429']:11d} {refused:8d}  {shown}"
             f"  {row['errors'] or ''}"
+            + (
+                f" (+{row['answered after']} answered after the run)"
+                if row["answered after"]
+                else ""
+            )
         )
 
 

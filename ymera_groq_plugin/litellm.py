@@ -7,7 +7,11 @@ from ymera_groq_plugin.litellm import attach, model_list_from_settings
 router = Router(model_list=model_list_from_settings(), routing_strategy="usage-based-routing-v2")
 attach(router)                 # quota filter + accounting callback; your strategy still picks
 # attach(router, strategy=True)  # or: the package picks the key (and, for "groq-auto", the model)
+# Router(model_list=..., plugins=[YmeraRoutingPlugin()])  # or: in the constructor (async only)
 ```
+
+Any model list works: the router's own `groq/` deployments are adopted with their keys (literal,
+`os.environ/NAME`, or `GROQ_API_KEY`) and organisations (`model_info["groq_org"]`, else learnt).
 
 How it plugs into LiteLLM 1.110 (read from its source, `litellm/router_rust/`; see
 `docs/litellm.md`):
@@ -18,6 +22,9 @@ How it plugs into LiteLLM 1.110 (read from its source, `litellm/router_rust/`; s
   filter here reserves quota on the organisation with most headroom and keeps only that
   organisation's deployments (plus any non-Groq ones), so it composes with whichever
   `routing_strategy` the router names.
+- LiteLLM's sync path (`router.completion`) runs no callback filter; it runs each routing
+  callback's `pre_call_check(deployment)` on the deployment its strategy picked, in the caller's
+  thread. The callback reserves there, on that deployment's organisation, waiting for room.
 - `router.register_plugin(strategy)` replaces the pick entirely, and with it LiteLLM's own
   cooldown filtering; `YmeraRoutingStrategy` asks `router.select(model, kind="healthy")` for the
   deployments that are not cooling down (that call also runs the callback filters).
@@ -361,8 +368,9 @@ class YmeraLiteLLM(CustomLogger):
     """The package inside LiteLLM: a quota filter and the accounting callback.
 
     Registered once per engine in `litellm.callbacks` (LiteLLM reads its routing callbacks
-    from that process-wide list). It touches only deployments of its own keys (a `groq/…`
-    model whose `api_key` is one of the engine's keys); others pass through untouched.
+    from that process-wide list). It touches only Groq deployments (`groq/<catalog model>` with
+    a key; keys the engine's settings lack are adopted, see `managed`); others pass through
+    untouched.
 
     Args:
         engine: The engine whose quota, learner and statistics it uses (started).
