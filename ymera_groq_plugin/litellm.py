@@ -1348,6 +1348,12 @@ def attach(
         logger.warning("attach(): %s", why)
         warnings.warn(why, UserWarning, stacklevel=2)
     else:
+        ungoverned = [d for d in others if _is_groq(d)]
+        if ungoverned:
+            logger.warning(
+                "attach(): %s",
+                _unmanaged_reason(ymera, ungoverned, partial=True),
+            )
         pool = engine.quota.pool
         keys = {m.key.label: m.key for _, m in ours}
         logger.info(
@@ -1403,15 +1409,17 @@ def _router_deployments(router: Any) -> list[Any]:
     return list(found or [])
 
 
-def _unmanaged_reason(ymera: YmeraLiteLLM, deployments: Sequence[Any]) -> str:
-    """Why none of a router's deployments is one the package can manage."""
-    groq = [
-        d
-        for d in deployments
-        if isinstance(d, Mapping)
-        and isinstance(p := d.get("litellm_params"), Mapping)
-        and str(p.get("model", "")).startswith(PROVIDER_PREFIX)
-    ]
+def _is_groq(deployment: Any) -> bool:
+    params = deployment.get("litellm_params") if isinstance(deployment, Mapping) else None
+    return isinstance(params, Mapping) and str(params.get("model", "")).startswith(PROVIDER_PREFIX)
+
+
+def _unmanaged_reason(
+    ymera: YmeraLiteLLM, deployments: Sequence[Any], *, partial: bool = False
+) -> str:
+    """Why none of these deployments is one the package can manage (`partial`: the router has
+    others it can)."""
+    groq = [d for d in deployments if _is_groq(d)]
     if not groq:
         return (
             f"the router has no Groq deployment ({len(deployments)} deployments, none with a "
@@ -1433,8 +1441,13 @@ def _unmanaged_reason(ymera: YmeraLiteLLM, deployments: Sequence[Any]) -> str:
         )
     if unknown:
         parts.append(f"models not in the catalog: {', '.join(unknown)}")
+    head = (
+        f"{len(groq)} of the router's Groq deployments cannot be governed"
+        if partial
+        else f"none of the router's {len(groq)} Groq deployments can be governed"
+    )
     return (
-        f"none of the router's {len(groq)} Groq deployments can be governed: "
+        f"{head}: "
         + ("; ".join(parts) or "unusable keys")
         + ". Requests to them go out without quota control."
     )

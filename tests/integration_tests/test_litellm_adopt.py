@@ -271,6 +271,12 @@ async def test_a_router_the_package_cannot_govern_gets_a_warning(
             attached.append(attach(router, engine=engine))
         assert reason in caplog.text
         caplog.clear()
+    # Some governed, one not: a warning in the log names what is left out (no UserWarning).
+    router = Router(model_list=own_model_list(server, [next(iter(KEYS))]) + keyless)
+    with caplog.at_level(logging.WARNING):
+        attached.append(attach(router, engine=engine))
+    assert "1 of the router's Groq deployments cannot be governed: 1 have no key" in caplog.text
+    caplog.clear()
     # LiteLLM's own default, GROQ_API_KEY, is a key like any other.
     monkeypatch.setenv("GROQ_API_KEY", next(iter(KEYS)))
     router = Router(model_list=keyless)
