@@ -117,10 +117,11 @@ def per_org(server: GroqTestServer) -> dict[str, int]:
     return {org: s.requests for (org, _), s in server.stats().by_org_model.items() if s.requests}
 
 
-async def test_async_burst_on_the_routers_own_keys_gets_no_429(world: Any) -> None:
+@pytest.mark.parametrize("strategy", [False, True], ids=["filter", "strategy"])
+async def test_async_burst_on_the_routers_own_keys_gets_no_429(world: Any, strategy: bool) -> None:
     server, engine, attached = world
     router = Router(model_list=own_model_list(server), routing_strategy="simple-shuffle")
-    ymera = attach(router, engine=engine, max_wait=0)
+    ymera = attach(router, engine=engine, max_wait=0, strategy=strategy)
     attached.append(ymera)
     results = await asyncio.gather(
         *(router.acompletion(model="fast", messages=ask(n), max_tokens=16) for n in range(20)),
@@ -145,10 +146,11 @@ async def test_async_burst_on_the_routers_own_keys_gets_no_429(world: Any) -> No
     assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
 
 
-async def test_sync_calls_from_24_threads_get_no_429(world: Any) -> None:
+@pytest.mark.parametrize("strategy", [False, True], ids=["pre-call-check", "strategy"])
+async def test_sync_calls_from_24_threads_get_no_429(world: Any, strategy: bool) -> None:
     server, engine, attached = world
     router = Router(model_list=own_model_list(server), routing_strategy="simple-shuffle")
-    ymera = attach(router, engine=engine, max_wait=0)
+    ymera = attach(router, engine=engine, max_wait=0, strategy=strategy)
     attached.append(ymera)
     outcomes: list[str] = []
     lock = threading.Lock()
