@@ -225,7 +225,8 @@ class KeyPool:
         """Add keys found at run time (a LiteLLM router's own deployments, for instance).
 
         A key whose secret is already in the pool is skipped (the pool's one is kept), so is a
-        key whose label is taken by another secret (that would mix two keys' records).
+        key whose label is taken by another secret (that would mix two keys' records). Call it
+        where the pool's other users run (the engine's loop), like every other method.
 
         Returns:
             The keys added.

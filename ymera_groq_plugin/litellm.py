@@ -466,22 +466,26 @@ class YmeraLiteLLM(CustomLogger):
         key = self._keys.get(secret)
         if key is not None:
             return key
-        with self._lock:
-            key = self._keys.get(secret)
+        pool = self.engine.quota.pool
+        digest = "lk-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+        for name in dict.fromkeys((label or digest, digest)):
+            try:
+                candidate = ApiKey(secret=SecretStr(secret), label=name, org=org or None)
+            except ValidationError:
+                return None  # not a usable key (empty, whitespace): not ours
+            if self._pool_add(candidate):
+                key = candidate
+                break
+            # Another thread adopted it meanwhile, or the label belongs to another key.
+            key = next((k for k in pool.keys if k.secret.get_secret_value() == secret), None)
             if key is not None:
-                return key
-            digest = "lk-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
-            pool = self.engine.quota.pool
-            for name in dict.fromkeys((label or digest, digest)):
-                try:
-                    key = ApiKey(secret=SecretStr(secret), label=name, org=org or None)
-                except ValidationError:
-                    return None  # not a usable key (empty, whitespace): not ours
-                if pool.add([key]):
-                    break
-                key = None  # the label belongs to another key: fall back to the digest
-            if key is None:
-                return None
+                break
+        if key is None:
+            return None
+        with self._lock:
+            known = self._keys.get(secret)
+            if known is not None:
+                return known
             self._keys[secret] = key
         logger.info(
             "Governing the router's Groq key %s (%s), organisation %s",
@@ -490,6 +494,19 @@ class YmeraLiteLLM(CustomLogger):
             key.org or "not given (learnt from Groq's answers)",
         )
         return key
+
+    def _pool_add(self, key: ApiKey) -> bool:
+        """Add a key to the engine's pool on the portal, where every reader of the pool runs
+        (never while holding `_lock`: the portal takes it too)."""
+        pool = self.engine.quota.pool
+        portal = self.engine.portal
+        if portal.in_portal():
+            return bool(pool.add([key]))
+
+        async def add() -> bool:
+            return bool(pool.add([key]))
+
+        return portal.run(add())
 
     def _of(self, deployment: Mapping[str, Any]) -> _Managed | None:
         params = deployment.get("litellm_params")
