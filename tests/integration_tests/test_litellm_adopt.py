@@ -136,6 +136,15 @@ async def test_async_burst_on_the_routers_own_keys_gets_no_429(world: Any, strat
     # The adopted keys show by label only.
     labels = {k.label for k in engine.quota.pool.keys}
     assert len(labels) == 3 and all(label.startswith("lk-") for label in labels)
+    # Reservations held the prompt estimate, which is what the server counted, and no
+    # completion budget (completion tokens are charged at settle).
+    use = ymera.reservation_use()
+    assert use["settled"] == 15
+    assert (
+        use["reserved_tokens"]
+        == use["prompt_tokens"]
+        == sum(s.prompt_tokens for s in server.stats().by_org_model.values())
+    )
     # The monitor lists them too, with what they used.
     snap = await engine.asnapshot()
     listed = {k["label"]: k for k in snap["api_keys"]["keys"]}
