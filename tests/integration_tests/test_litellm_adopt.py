@@ -186,7 +186,11 @@ async def test_sync_calls_from_24_threads_get_no_429(world: Any, strategy: bool)
             break
         await asyncio.sleep(0.01)
     await ymera.aflush()
-    assert ymera.live_reservations == 0
+    assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
+    # Every answer was settled, per organisation (the package names organisations it was not
+    # told about after their keys' labels).
+    settled = [row["requests"] for row in ymera.accounting().values()]
+    assert sorted(settled) == sorted(per_org(server).values())
 
 
 async def test_sync_callers_wait_for_room_instead_of_429(tmp_path: Path) -> None:
