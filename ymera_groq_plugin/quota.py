@@ -916,7 +916,7 @@ class QuotaManager:
             raise InvalidRequestError("prompt_tokens must not be negative")
         info = self.catalog.get(model)
         started = self._clock()
-        if not self._queues.get(info.id):
+        if not self._queues.get(self._queue_key(info.id, orgs)):
             grant, retry = await self._attempt(info, prompt_tokens, max_tokens, started, orgs)
             if grant is not None:
                 return grant
@@ -937,7 +937,8 @@ class QuotaManager:
         orgs: Collection[str] | None = None,
     ) -> Grant:
         deadline = started + wait
-        queue = self._queues.setdefault(info.id, deque())
+        qkey = self._queue_key(info.id, orgs)
+        queue = self._queues.setdefault(qkey, deque())
         me = _Waiter()
         queue.append(me)
         try:
@@ -965,15 +966,27 @@ class QuotaManager:
             was_head = bool(queue) and queue[0] is me
             queue.remove(me)
             if not queue:
-                if self._queues.get(info.id) is queue:
-                    del self._queues[info.id]
+                if self._queues.get(qkey) is queue:
+                    del self._queues[qkey]
             elif was_head:
                 queue[0].wake.set()
+
+    def _queue_key(self, model: str, orgs: Collection[str] | None) -> str:
+        """Callers limited to some organisations wait in a line of their own: behind a caller
+        waiting for another organisation's room they would wait for nothing."""
+        if orgs is None:
+            return model
+        return model + "\x00" + ",".join(sorted({self.pool.canonical(o) for o in orgs}))
 
     def _wake(self, model: str) -> None:
         queue = self._queues.get(model)
         if queue:
             queue[0].wake.set()
+        if len(self._queues) > 1:
+            limited = model + "\x00"
+            for key, line in list(self._queues.items()):
+                if line and key.startswith(limited):
+                    line[0].wake.set()
 
     def _exhausted(self, model: str, retry: float) -> QuotaExhaustedError:
         when = None if math.isinf(retry) else max(0.0, retry)

@@ -59,3 +59,18 @@ async def test_a_limited_reservation_waits_for_its_organisation() -> None:
     grant, _ = await asyncio.gather(manager.acquire(MODEL, 10, orgs={"org_a"}, wait=120), advance())
     # It waited for org_a's request to come back (a minute), though org_b had room all along.
     assert grant.org == "org_a" and grant.waited >= 50
+
+
+async def test_a_caller_limited_to_one_organisation_does_not_wait_behind_another() -> None:
+    clock = FakeClock()
+    manager = make_manager([make_key(1, "org_a"), make_key(2, "org_b")], clock, make_catalog(rpm=1))
+    await manager.settle(await manager.acquire(MODEL, 10, orgs={"org_a"}), None, None)
+    # Someone waits for org_a's room (a minute away)...
+    waiting = asyncio.ensure_future(manager.acquire(MODEL, 10, orgs={"org_a"}, wait=600))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    # ...while org_b has room now: a caller limited to org_b gets it at once, not in line.
+    grant = await manager.acquire(MODEL, 10, orgs={"org_b"}, wait=600)
+    assert grant.org == "org_b" and grant.waited == 0
+    clock.advance(61)
+    assert (await waiting).org == "org_a"
