@@ -19,6 +19,16 @@ Measured in the same run, on the same machine, with LiteLLM 1.110:
    429s the *server* sent, requests refused before they left (by LiteLLM's limits or by the
    package), and answered requests per second. `num_retries=0` and no fallbacks, so every
    refusal is visible.
+3. **A Router that owns its keys.** The Router is built the usual way: three Groq keys (three
+   organisations) only in its `model_list` (two literal, one `os.environ/NAME`), nothing in the
+   package's settings. 24 callers (tasks, or threads for the sync path) call back to back for
+   `--own-seconds` (a failed call waits 0.1 s), against a local Groq server started in its own
+   process (Groq's free-tier limits for the model, RPM 30 and TPM 8000 per organisation).
+   Configurations: `usage-based-routing-v2` with `rpm`/`tpm` declared on each deployment (async
+   and sync), `attach(router)` (async and sync), `Router(plugins=[YmeraRoutingPlugin()])`.
+   Printed: answers within the run, 429s the server sent, calls refused before sending, and for
+   the package the tokens its reservations held against what Groq then counted.
+   `--own-keys` runs this part alone.
 """
 
 from __future__ import annotations
@@ -32,12 +42,18 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
 import platform
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import warnings
 from collections import Counter
 from importlib.metadata import version
@@ -219,6 +235,217 @@ async def bench_goodput(seconds: float, rate: float, data_dir: Path) -> dict[str
     return out
 
 
+# -- 3. a Router that owns its keys --------------------------------------------------------
+
+OWN_LIMITS = {"rpm": 30, "rpd": 1000, "tpm": 8000, "tpd": 200_000}
+OWN_ENV = "BENCH_LITELLM_OWN_KEY"
+OWN_CONFIGS = {
+    "usage-based-routing-v2 + rpm/tpm, async": ("ubr", False),
+    "usage-based-routing-v2 + rpm/tpm, sync": ("ubr", True),
+    "attach(router), async": ("attach", False),
+    "attach(router), sync": ("attach", True),
+    "Router(plugins=[YmeraRoutingPlugin()]), async": ("plugin", False),
+}
+
+
+def _serve(port: int, keys: dict[str, str], limits: dict[str, Any]) -> None:
+    """`--serve`: run a GroqTestServer until terminated (a process of its own, so the
+    clients' GIL does not slow it down)."""
+    server = GroqTestServer(keys, limits=limits, port=port)
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+    print("READY", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+class _ServerProcess:
+    def __init__(self, keys: dict[str, str], limits: dict[str, Any]) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.port), *map(json.dumps, (keys, limits))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "READY":
+            raise RuntimeError("the local Groq server did not start")
+        self.openai_base_url = f"http://127.0.0.1:{self.port}/openai/v1"
+
+    def stats(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/_ymera/stats"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def _own_model_list(keys: list[str], base: str, *, declared: bool) -> list[dict[str, Any]]:
+    """The model list as users write it: the keys in it, one through the environment."""
+    os.environ[OWN_ENV] = keys[2]
+    out = []
+    for n, secret in enumerate(keys):
+        params: dict[str, Any] = {
+            "model": f"groq/{MODEL}",
+            "api_key": f"os.environ/{OWN_ENV}" if n == 2 else secret,
+            "api_base": base,
+        }
+        if declared:
+            params.update(rpm=OWN_LIMITS["rpm"], tpm=OWN_LIMITS["tpm"])
+        out.append({"model_name": "fast", "litellm_params": params})
+    return out
+
+
+def bench_own_keys(
+    seconds: float, workers: int, data_dir: Path, max_tokens: int
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i, (name, (kind, sync)) in enumerate(OWN_CONFIGS.items()):
+        keys = [f"gsk_benchown{i}{c * 14}{n:02d}" for n, c in enumerate("xyz", 1)]
+        server = _ServerProcess(
+            {k: f"org_{i}_{n}" for n, k in enumerate(keys)}, {MODEL: OWN_LIMITS}
+        )
+        engine = ymera = None
+        try:
+            model_list = _own_model_list(keys, server.openai_base_url, declared=kind == "ubr")
+            if kind == "ubr":
+                router = Router(
+                    model_list=model_list, routing_strategy="usage-based-routing-v2", num_retries=0
+                )
+            else:
+                engine = Engine(
+                    YmeraSettings(api_keys=[], data_dir=data_dir / f"own{i}", cache_enabled=False),
+                    catalog=load_catalog(overrides=[{"id": MODEL, "limits": OWN_LIMITS}]),
+                )
+                if kind == "attach":
+                    router = Router(model_list=model_list, num_retries=0)
+                    ymera = attach(router, engine=engine)
+                else:
+                    from ymera_groq_plugin.litellm import YmeraRoutingPlugin
+
+                    plugin = YmeraRoutingPlugin(engine=engine)
+                    ymera = plugin.ymera
+                    router = Router(model_list=model_list, num_retries=0, plugins=[plugin])
+            row = _drive_own(router, seconds, workers, max_tokens, sync=sync)
+            if ymera is not None:
+                for _ in range(300):  # sync answers are settled from LiteLLM's logging thread
+                    if ymera.live_reservations == 0:
+                        break
+                    time.sleep(0.01)
+                engine.portal.run(ymera._drain())  # type: ignore[union-attr]
+                row["held"] = getattr(ymera, "reservation_use", lambda: None)()
+            stats = server.stats()
+            row["server 429"] = stats["by_status"].get("429", 0)
+            row["server 200"] = stats["by_status"].get("200", 0)
+            out[name] = row
+        except Exception as exc:  # an older package (no plugin), a failed run: say so
+            out[name] = {"failed": f"{type(exc).__name__}: {exc}"[:120]}
+        finally:
+            if ymera is not None:
+                ymera.detach()
+            if engine is not None:
+                engine.close()
+            server.stop()
+    return out
+
+
+def _drive_own(
+    router: Router, seconds: float, workers: int, max_tokens: int, *, sync: bool
+) -> dict[str, Any]:
+    """`workers` callers back to back for `seconds`: answers within the run, refusals."""
+    errors: Counter[str] = Counter()
+    answered = [0, 0]  # within the run, after it
+    lock = threading.Lock()
+    counter = iter(range(10**9))
+
+    def messages() -> list[dict[str, str]]:
+        with lock:
+            n = next(counter)
+        return [{"role": "user", "content": f"Question {n}: what is {n} + {n}?"}]
+
+    def outcome(ok: bool, exc: BaseException | None, stop_at: float) -> None:
+        with lock:
+            if ok:
+                answered[0 if time.monotonic() <= stop_at else 1] += 1
+            else:
+                errors[type(exc).__name__] += 1
+
+    if sync:
+        stop_at = time.monotonic() + seconds
+
+        def worker() -> None:
+            while time.monotonic() < stop_at:
+                try:
+                    router.completion(model="fast", messages=messages(), max_tokens=max_tokens)
+                    outcome(True, None, stop_at)
+                except Exception as exc:
+                    outcome(False, exc, stop_at)
+                    time.sleep(0.1)
+
+        threads = [threading.Thread(target=worker) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+
+        async def run() -> None:
+            stop_at = time.monotonic() + seconds
+
+            async def worker() -> None:
+                while time.monotonic() < stop_at:
+                    try:
+                        await router.acompletion(
+                            model="fast", messages=messages(), max_tokens=max_tokens
+                        )
+                        outcome(True, None, stop_at)
+                    except Exception as exc:
+                        outcome(False, exc, stop_at)
+                        await asyncio.sleep(0.1)
+
+            await asyncio.gather(*(worker() for _ in range(workers)))
+
+        asyncio.run(run())
+    return {"answered": answered[0], "answered after": answered[1], "errors": dict(errors)}
+
+
+def _report_own(rows: dict[str, dict[str, Any]], args: Any) -> None:
+    print(
+        f"\n3. A Router that owns its keys: {args.workers} callers for {args.own_seconds:g} s, "
+        f"three keys (three organisations × RPM {OWN_LIMITS['rpm']}, TPM {OWN_LIMITS['tpm']}) "
+        f"only in the model list, max_tokens={args.own_max_tokens} (local Groq server, own process)"
+    )
+    print(
+        f"{'configuration':46} {'answered':>9} {'server 429':>11} {'refused':>8}  "
+        "tokens reserved / Groq's prompt count (completion)"
+    )
+    for name, row in rows.items():
+        if "failed" in row:
+            print(f"{name:46} {'—':>9} {'—':>11} {'—':>8}  {row['failed']}")
+            continue
+        refused = sum(row["errors"].values()) - row["server 429"]
+        held = row.get("held")
+        shown = (
+            f"{held['reserved_tokens']} / {held['prompt_tokens']} ({held['completion_tokens']})"
+            f" over {held['settled']} calls"
+            if held
+            else ""
+        )
+        print(
+            f"{name:46} {row['answered']:9d} {row['server 429']:11d} {refused:8d}  {shown}"
+            f"  {row['errors'] or ''}"
+            + (
+                f" (+{row['answered after']} answered after the run)"
+                if row["answered after"]
+                else ""
+            )
+        )
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -268,6 +495,10 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of a goodput run")
     parser.add_argument("--rate", type=float, default=12.0, help="requests per second offered")
     parser.add_argument("--quick", action="store_true", help="5 s goodput runs, 100 calls")
+    parser.add_argument("--own-keys", action="store_true", help="only part 3")
+    parser.add_argument("--own-seconds", type=float, default=20.0, help="length of a part-3 run")
+    parser.add_argument("--own-max-tokens", type=int, default=64, help="max_tokens in part 3")
+    parser.add_argument("--workers", type=int, default=24, help="callers in part 3")
     args = parser.parse_args()
     if args.quick:
         args.n, args.seconds = 100, 5.0
@@ -278,12 +509,20 @@ async def main() -> None:
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        pick = await bench_pick(args.n, data)
-        goodput = await bench_goodput(args.seconds, args.rate, data)
-    _report(pick, goodput, args)
+        if not args.own_keys:
+            pick = await bench_pick(args.n, data)
+            goodput = await bench_goodput(args.seconds, args.rate, data)
+            _report(pick, goodput, args)
+        # Runs its own event loops (and threads): off this one.
+        own = await asyncio.to_thread(
+            bench_own_keys, args.own_seconds, args.workers, data, args.own_max_tokens
+        )
+        _report_own(own, args)
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        _serve(int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
     sys.stdout.flush()

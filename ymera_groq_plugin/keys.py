@@ -278,6 +278,32 @@ class KeyPool:
         self._uses[best.label] = self._tick
         return best
 
+    def add(self, keys: Sequence[ApiKey]) -> list[ApiKey]:
+        """Add keys found at run time (a LiteLLM router's own deployments, for instance).
+
+        A key whose secret is already in the pool is skipped (the pool's one is kept), so is a
+        key whose label is taken by another secret (that would mix two keys' records). Call it
+        where the pool's other users run (the engine's loop), like every other method.
+
+        Returns:
+            The keys added.
+        """
+        known = {k.secret.get_secret_value() for k in self._keys}
+        added: list[ApiKey] = []
+        for key in keys:
+            secret = key.secret.get_secret_value()
+            if secret in known or key.label in self._order:
+                continue
+            known.add(secret)
+            self._order[key.label] = len(self._order)
+            added.append(key)
+        if added:
+            # One assignment: readers on other threads see the old tuple or the new one.
+            self._keys = (*self._keys, *added)
+            self._loaded_at = -math.inf  # the new labels' shared records are read next time
+            self._invalidate()
+        return added
+
     # -- shared state -----------------------------------------------------------------------
 
     async def refresh(self, *, force: bool = False) -> None:

@@ -7,7 +7,11 @@ from ymera_groq_plugin.litellm import attach, model_list_from_settings
 router = Router(model_list=model_list_from_settings(), routing_strategy="usage-based-routing-v2")
 attach(router)                 # quota filter + accounting callback; your strategy still picks
 # attach(router, strategy=True)  # or: the package picks the key (and, for "groq-auto", the model)
+# Router(model_list=..., plugins=[YmeraRoutingPlugin()])  # or: in the constructor (async only)
 ```
+
+Any model list works: the router's own `groq/` deployments are adopted with their keys (literal,
+`os.environ/NAME`, or `GROQ_API_KEY`) and organisations (`model_info["groq_org"]`, else learnt).
 
 How it plugs into LiteLLM 1.110 (read from its source, `litellm/router_rust/`; see
 `docs/litellm.md`):
@@ -18,6 +22,9 @@ How it plugs into LiteLLM 1.110 (read from its source, `litellm/router_rust/`; s
   filter here reserves quota on the organisation with most headroom and keeps only that
   organisation's deployments (plus any non-Groq ones), so it composes with whichever
   `routing_strategy` the router names.
+- LiteLLM's sync path (`router.completion`) runs no callback filter; it runs each routing
+  callback's `pre_call_check(deployment)` on the deployment its strategy picked, in the caller's
+  thread. The callback reserves there, on that deployment's organisation, waiting for room.
 - `router.register_plugin(strategy)` replaces the pick entirely, and with it LiteLLM's own
   cooldown filtering; `YmeraRoutingStrategy` asks `router.select(model, kind="healthy")` for the
   deployments that are not cooling down (that call also runs the callback filters).
@@ -42,12 +49,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
+import hashlib
 import logging
 import math
-import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -56,11 +65,18 @@ try:
     import litellm
     from litellm.exceptions import APIConnectionError, ContextWindowExceededError, Timeout
     from litellm.integrations.custom_logger import CustomLogger
-    from litellm.types.router import CustomRoutingStrategyBase, RouterRateLimitError
+    from litellm.secret_managers.main import get_secret_str
+    from litellm.types.router import (
+        CustomRoutingStrategyBase,
+        RouterRateLimitError,
+        RoutingContext,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "ymera_groq_plugin.litellm needs LiteLLM: install `ymera-groq-plugin[litellm]`"
     ) from exc
+
+from pydantic import SecretStr, ValidationError
 
 from ._litellm_cache import TieredLiteLLMCache, litellm_cache
 from .catalog import Catalog, load_catalog
@@ -90,6 +106,7 @@ __all__ = [
     "attach",
     "YmeraLiteLLM",
     "YmeraRoutingStrategy",
+    "YmeraRoutingPlugin",
     "GroqCapacityError",
     # the cache
     "TieredLiteLLMCache",
@@ -115,6 +132,23 @@ released (the sync path reports from a logging thread)."""
 
 _IN_PICK: contextvars.ContextVar[bool] = contextvars.ContextVar("ymera_litellm_pick", default=False)
 """Set while the strategy asks the router for healthy deployments (our filter stands aside)."""
+
+ORG_FIELD = "groq_org"
+"""`model_info` field naming a deployment's Groq organisation (keys of one organisation share
+one budget); without it the organisation is learnt from Groq's headers and 429 texts."""
+
+LABEL_FIELD = "groq_key_label"
+"""`model_info` field naming a deployment's key in logs and metrics; default: `lk-` and the first
+8 hex digits of the key's SHA-256 (stable across processes, never the key)."""
+
+_SYNC_REQUEST: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "ymera_litellm_sync_request", default=None
+)
+"""The request of the sync router call running in this thread (set by `attach`'s wrappers of
+`router.completion` / `router.text_completion`): the sync pre-call check sees only the
+deployment, and needs the prompt to reserve its tokens."""
+
+_SYNC_ENDPOINTS = ("completion", "text_completion")
 
 
 # -- the model list ------------------------------------------------------------------------
@@ -258,6 +292,16 @@ class _Pick(NamedTuple):
     task_type: str | None
 
 
+def _resolve_secret(api_key: str | None) -> str | None:
+    """A deployment's key as LiteLLM resolves it for a `groq/` call: `os.environ/NAME` through
+    its secret reader, and `GROQ_API_KEY` when the deployment names none."""
+    if api_key is None:
+        return get_secret_str("GROQ_API_KEY")
+    if api_key.startswith("os.environ/"):
+        return get_secret_str(api_key)
+    return api_key or None
+
+
 def _deployment_id(deployment: Mapping[str, Any]) -> str | None:
     info = deployment.get("model_info")
     ident = info.get("id") if isinstance(info, Mapping) else None
@@ -334,8 +378,9 @@ class YmeraLiteLLM(CustomLogger):
     """The package inside LiteLLM: a quota filter and the accounting callback.
 
     Registered once per engine in `litellm.callbacks` (LiteLLM reads its routing callbacks
-    from that process-wide list). It touches only deployments of its own keys (a `groq/…`
-    model whose `api_key` is one of the engine's keys); others pass through untouched.
+    from that process-wide list). It touches only Groq deployments (`groq/<catalog model>` with
+    a key; keys the engine's settings lack are adopted, see `managed`); others pass through
+    untouched.
 
     Args:
         engine: The engine whose quota, learner and statistics it uses (started).
@@ -368,7 +413,7 @@ class YmeraLiteLLM(CustomLogger):
         self._keys = {k.secret.get_secret_value(): k for k in s.api_keys}
         self._closed = False
         engine.add_close_hook(self._on_engine_close)
-        self._managed: dict[tuple[str, str], _Managed | None] = {}
+        self._managed: dict[tuple[str, str | None, str | None, str | None], _Managed | None] = {}
         self._lock = threading.Lock()
         self._holds: dict[int, _Hold] = {}
         self._bound: dict[str, _Hold] = {}
@@ -383,6 +428,7 @@ class YmeraLiteLLM(CustomLogger):
         self._next_sweep = 0.0
         self._background: set[Any] = set()
         self._accounting: dict[tuple[str, str], list[int]] = {}
+        self._reserved = [0, 0]  # settled calls, tokens their reservations held
 
     def __repr__(self) -> str:
         with self._lock:
@@ -391,35 +437,98 @@ class YmeraLiteLLM(CustomLogger):
 
     # -- recognising deployments ----------------------------------------------------------
 
-    def managed(self, model: Any, api_key: Any) -> _Managed | None:
-        """Whether a deployment (its `litellm_params` `model` and `api_key`) is ours."""
-        if not isinstance(model, str) or not isinstance(api_key, str):
+    def managed(
+        self, model: Any, api_key: Any, *, org: str | None = None, label: str | None = None
+    ) -> _Managed | None:
+        """Whether a deployment (its `litellm_params` `model` and `api_key`) is ours.
+
+        Every `groq/<catalog model>` deployment is: its key is resolved as LiteLLM resolves it
+        (a literal, `os.environ/NAME`, or `GROQ_API_KEY` when the deployment names none) and,
+        when the engine's settings do not list it, adopted into the engine's key pool under
+        `label` (or a hash-derived one) with organisation `org` (or its own until Groq's
+        headers or 429 texts show it shares one).
+        """
+        if not isinstance(model, str) or not (api_key is None or isinstance(api_key, str)):
             return None
-        memo = (model, api_key)
-        if memo in self._managed:
-            return self._managed[memo]
+        if not model.startswith(PROVIDER_PREFIX):
+            return None
+        # Resolved first, so an environment variable set later is seen (a literal costs nothing).
+        secret = _resolve_secret(api_key)
+        memo = (model, secret, org, label)
+        found = self._managed.get(memo, self)
+        if found is not self:
+            return found  # type: ignore[return-value]
         result: _Managed | None = None
-        if model.startswith(PROVIDER_PREFIX):
-            secret = api_key
-            if secret.startswith("os.environ/"):
-                secret = os.environ.get(secret.removeprefix("os.environ/"), "")
-            key = self._keys.get(secret)
-            if key is not None:
-                try:
-                    info = self.engine.catalog.get(model.removeprefix(PROVIDER_PREFIX))
-                    result = _Managed(info.id, key)
-                except UnknownModelError:
-                    result = None
+        key = self._key_for(secret, org, label) if secret else None
+        if key is not None:
+            try:
+                info = self.engine.catalog.get(model.removeprefix(PROVIDER_PREFIX))
+                result = _Managed(info.id, key)
+            except UnknownModelError:
+                result = None
         if len(self._managed) > 4096:
             self._managed.clear()
         self._managed[memo] = result
         return result
 
+    def _key_for(self, secret: str, org: str | None, label: str | None) -> ApiKey | None:
+        """The pool's key with this secret, adopting it first when the pool lacks it."""
+        key = self._keys.get(secret)
+        if key is not None:
+            return key
+        pool = self.engine.quota.pool
+        digest = "lk-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+        for name in dict.fromkeys((label or digest, digest)):
+            try:
+                candidate = ApiKey(secret=SecretStr(secret), label=name, org=org or None)
+            except ValidationError:
+                return None  # not a usable key (empty, whitespace): not ours
+            if self._pool_add(candidate):
+                key = candidate
+                break
+            # Another thread adopted it meanwhile, or the label belongs to another key.
+            key = next((k for k in pool.keys if k.secret.get_secret_value() == secret), None)
+            if key is not None:
+                break
+        if key is None:
+            return None
+        with self._lock:
+            known = self._keys.get(secret)
+            if known is not None:
+                return known
+            self._keys[secret] = key
+        logger.info(
+            "Governing the router's Groq key %s (%s), organisation %s",
+            key.label,
+            key.masked,
+            key.org or "not given (learnt from Groq's answers)",
+        )
+        return key
+
+    def _pool_add(self, key: ApiKey) -> bool:
+        """Add a key to the engine's pool on the portal, where every reader of the pool runs
+        (never while holding `_lock`: the portal takes it too)."""
+        pool = self.engine.quota.pool
+        portal = self.engine.portal
+        if portal.in_portal():
+            return bool(pool.add([key]))
+
+        async def add() -> bool:
+            return bool(pool.add([key]))
+
+        return portal.run(add())
+
     def _of(self, deployment: Mapping[str, Any]) -> _Managed | None:
         params = deployment.get("litellm_params")
         if not isinstance(params, Mapping):
             return None
-        return self.managed(params.get("model"), params.get("api_key"))
+        info = deployment.get("model_info")
+        org = label = None
+        if isinstance(info, Mapping):
+            o, lb = info.get(ORG_FIELD), info.get(LABEL_FIELD)
+            org = o.strip() or None if isinstance(o, str) else None
+            label = lb.strip() or None if isinstance(lb, str) else None
+        return self.managed(params.get("model"), params.get("api_key"), org=org, label=label)
 
     def _split(
         self, deployments: Iterable[Any]
@@ -475,7 +584,7 @@ class YmeraLiteLLM(CustomLogger):
         """One `acquire` on the portal: (a grant on one of `orgs`, retry time, too large)."""
         quota = self.engine.quota
         try:
-            grant = await quota.acquire(model, tokens, max_tokens=max_tokens, wait=wait)
+            grant = await quota.acquire(model, tokens, max_tokens=max_tokens, wait=wait, orgs=orgs)
         except RequestTooLargeError:
             return None, None, True
         except QuotaExhaustedError as exc:
@@ -660,6 +769,42 @@ class YmeraLiteLLM(CustomLogger):
             raise GroqCapacityError(model, retry)
         return kept + others
 
+    def pre_call_check(self, deployment: dict[str, Any]) -> dict[str, Any] | None:
+        """The sync path's quota check (`router.completion`, `router.text_completion`).
+
+        LiteLLM's sync pick runs no callback filter; it runs this check, in the caller's
+        thread, on the deployment the router's own strategy picked, just before the call. For
+        a Groq deployment it reserves on that deployment's organisation, waiting up to
+        `max_wait` for room (the thread blocks, as a sync call does), and otherwise raises
+        `GroqCapacityError`, which the router hands to its retries and fallbacks. The prompt
+        comes from `attach`'s wrapper of the router's sync endpoints.
+        """
+        if self._closed or not isinstance(deployment, Mapping):
+            return None
+        m = self._of(deployment)
+        if m is None:
+            return None
+        held = self._current.get()
+        pool = self.engine.quota.pool
+        if (
+            held is not None
+            and held.state == _RESERVED
+            and held.grant.model == m.model
+            and held.grant.org == pool.organisation(m.key)
+        ):
+            return None  # the package's own sync pick reserved for this deployment
+        if self.engine.portal.in_portal():
+            return None
+        group = deployment.get("model_name")
+        group = group if isinstance(group, str) else m.model
+        request = _SYNC_REQUEST.get() or {}
+        hold, _, retry = self._choose_sync(
+            group, [(deployment, m)], request, request.get("messages"), may_wait=True
+        )
+        if hold is None:
+            raise GroqCapacityError(group, retry)
+        return None
+
     # -- binding a reservation to its call ------------------------------------------------
 
     def _bind(self, kwargs: Mapping[str, Any]) -> Coroutine[Any, Any, None] | None:
@@ -770,6 +915,8 @@ class YmeraLiteLLM(CustomLogger):
             if usage is not None:
                 row[1] += usage.prompt_tokens
                 row[2] += usage.completion_tokens
+            self._reserved[0] += 1
+            self._reserved[1] += grant.reserved_tokens
         latency = (time.perf_counter() - hold.started) * 1000
         stats = self.engine.stats
         with stats.lock:
@@ -953,6 +1100,20 @@ class YmeraLiteLLM(CustomLogger):
             return {
                 pair: {"requests": r, "prompt_tokens": p, "completion_tokens": c}
                 for pair, (r, p, c) in self._accounting.items()
+            }
+
+    def reservation_use(self) -> dict[str, int]:
+        """How much the settled calls' reservations held against what Groq counted:
+        `settled` calls, `reserved_tokens` (held from the pick to the answer),
+        `prompt_tokens` and `completion_tokens` (Groq's usage of the same calls)."""
+        with self._lock:
+            prompt = sum(r[1] for r in self._accounting.values())
+            completion = sum(r[2] for r in self._accounting.values())
+            return {
+                "settled": self._reserved[0],
+                "reserved_tokens": self._reserved[1],
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
             }
 
     @property
@@ -1184,10 +1345,76 @@ def attach(
         healthy: How the strategy learns which deployments it may pick (see
             `YmeraRoutingStrategy`); only with `strategy=True`.
 
+    The router's own Groq deployments are adopted as they are: every `groq/<model>` deployment
+    (a model the catalog knows) with its key from `litellm_params.api_key` (a literal,
+    `os.environ/NAME`, or LiteLLM's `GROQ_API_KEY` default), its organisation from
+    `model_info["groq_org"]` when given, otherwise learnt from Groq's answers. Deployments added
+    later (`add_deployment`, `set_model_list`) are adopted the first time a pick sees them.
+
+    Both paths are governed: the async one by the callback filter (or the strategy), the sync
+    one (`router.completion`, `router.text_completion`) by a pre-call check on the deployment
+    the router's strategy picked; `attach` wraps those two sync methods of this router so the
+    check knows the prompt.
+
     Returns:
         The callback (one per engine; attaching another router reuses it).
+
+    Warns:
+        UserWarning: The router has no Groq deployment the package can manage (also logged,
+            with the reason).
     """
     engine = engine if engine is not None else Engine.shared(settings)
+    ymera = _register(
+        engine,
+        routed_groups=routed_groups,
+        max_wait=max_wait,
+        reservation_timeout=reservation_timeout,
+    )
+    if strategy:
+        router.register_plugin(YmeraRoutingStrategy(router, ymera, healthy=healthy))
+    wrapped = _wrap_sync_endpoints(router)
+    deployments = _router_deployments(router)
+    ours, others = ymera._split(deployments)
+    if not ours:
+        why = _unmanaged_reason(ymera, deployments)
+        logger.warning("attach(): %s", why)
+        warnings.warn(why, UserWarning, stacklevel=2)
+    else:
+        ungoverned = [d for d in others if _is_groq(d)]
+        if ungoverned:
+            logger.warning(
+                "attach(): %s",
+                _unmanaged_reason(ymera, ungoverned, partial=True),
+            )
+        pool = engine.quota.pool
+        keys = {m.key.label: m.key for _, m in ours}
+        logger.info(
+            "attach(): governing %d Groq deployments (%d keys, %d organisations, %d other "
+            "deployments untouched); async path: %s; sync path: %s",
+            len(ours),
+            len(keys),
+            len({pool.organisation(k) for k in keys.values()}),
+            len(others),
+            "the package's strategy picks" if strategy else "quota filter before your strategy",
+            "the package's strategy picks"
+            if strategy
+            else (
+                "pre-call check on your strategy's pick"
+                if wrapped
+                else "pre-call check (prompt size unknown: router.completion not wrapped)"
+            ),
+        )
+    return ymera
+
+
+def _register(
+    engine: Engine,
+    *,
+    routed_groups: Sequence[str] = DEFAULT_ROUTED_GROUPS,
+    max_wait: float | None = None,
+    reservation_timeout: float | None = None,
+) -> YmeraLiteLLM:
+    """The engine's callback, created once and put in `litellm.callbacks`."""
     engine.start()
     with _ATTACH_LOCK:
         ymera = _ATTACHED.get(id(engine))
@@ -1203,9 +1430,149 @@ def attach(
             ymera.routed_groups = ymera.routed_groups | frozenset(routed_groups)
         if ymera not in litellm.callbacks:
             litellm.logging_callback_manager.add_litellm_callback(ymera)
-    if strategy:
-        router.register_plugin(YmeraRoutingStrategy(router, ymera, healthy=healthy))
     return ymera
+
+
+def _router_deployments(router: Any) -> list[Any]:
+    try:
+        found = router.registry().all()
+    except Exception:  # an older surface: the deprecated listing
+        found = router.get_model_list()
+    return list(found or [])
+
+
+def _is_groq(deployment: Any) -> bool:
+    params = deployment.get("litellm_params") if isinstance(deployment, Mapping) else None
+    return isinstance(params, Mapping) and str(params.get("model", "")).startswith(PROVIDER_PREFIX)
+
+
+def _unmanaged_reason(
+    ymera: YmeraLiteLLM, deployments: Sequence[Any], *, partial: bool = False
+) -> str:
+    """Why none of these deployments is one the package can manage (`partial`: the router has
+    others it can)."""
+    groq = [d for d in deployments if _is_groq(d)]
+    if not groq:
+        return (
+            f"the router has no Groq deployment ({len(deployments)} deployments, none with a "
+            "`groq/<model>` litellm_params.model): the package governs nothing on it"
+        )
+    keyless = sum(1 for d in groq if not _resolve_secret(d["litellm_params"].get("api_key")))
+    unknown = sorted(
+        {
+            str(d["litellm_params"]["model"]).removeprefix(PROVIDER_PREFIX)
+            for d in groq
+            if d["litellm_params"]["model"].removeprefix(PROVIDER_PREFIX)
+            not in ymera.engine.catalog
+        }
+    )
+    parts = []
+    if keyless:
+        parts.append(
+            f"{keyless} have no key (no api_key, an unset os.environ/ variable, or no GROQ_API_KEY)"
+        )
+    if unknown:
+        parts.append(f"models not in the catalog: {', '.join(unknown)}")
+    head = (
+        f"{len(groq)} of the router's Groq deployments cannot be governed"
+        if partial
+        else f"none of the router's {len(groq)} Groq deployments can be governed"
+    )
+    return (
+        f"{head}: "
+        + ("; ".join(parts) or "unusable keys")
+        + ". Requests to them go out without quota control."
+    )
+
+
+def _sync_request(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the sync pre-call check needs of a `completion` / `text_completion` call."""
+    request = dict(kwargs)
+    if name == "completion":
+        messages = kwargs.get("messages", args[1] if len(args) > 1 else None)
+    else:
+        prompt = kwargs.get("prompt", args[1] if len(args) > 1 else None)
+        messages = [{"role": "user", "content": prompt if isinstance(prompt, str) else str(prompt)}]
+    request["messages"] = messages if isinstance(messages, list) else []
+    return request
+
+
+def _wrap_sync_endpoints(router: Any) -> bool:
+    """Wrap `router.completion` and `router.text_completion` (this router only) so the sync
+    pre-call check can see the request; whether it worked."""
+    ok = True
+    for name in _SYNC_ENDPOINTS:
+        try:
+            current = getattr(router, name)
+            if getattr(current, "_ymera_sync", False):
+                continue
+
+            def endpoint(*args: Any, _orig: Any = current, _name: str = name, **kwargs: Any) -> Any:
+                token = _SYNC_REQUEST.set(_sync_request(_name, args, kwargs))
+                try:
+                    return _orig(*args, **kwargs)
+                finally:
+                    _SYNC_REQUEST.reset(token)
+
+            functools.update_wrapper(endpoint, current)
+            endpoint._ymera_sync = True  # type: ignore[attr-defined]
+            setattr(router, name, endpoint)
+        except Exception:  # a router surface we do not know: the check still runs
+            ok = False
+    return ok
+
+
+# -- the constructor form -------------------------------------------------------------------
+
+
+class YmeraRoutingPlugin:
+    """The package as a LiteLLM routing plugin: `Router(..., plugins=[YmeraRoutingPlugin()])`.
+
+    Constructing it registers the engine's callback (the quota filter and the accounting) in
+    `litellm.callbacks`, as `attach` does; the router's Groq deployments are adopted the first
+    time a pick sees them. Each async pick then runs the plugin (which only records, in
+    `context.signals["ymera"]`, that the package governs the request: the choice of key and
+    model is the filter's, which sees deployments, where a plugin sees only model names) and
+    the filter. LiteLLM 1.110 runs plugins on the async path only and refuses a sync call
+    (`router.completion`) on a router that has plugins; use `attach(router)` for sync callers.
+
+    Args:
+        settings: The configuration; default: the environment (ignored when `engine` is given).
+        engine: The engine to share; default: `Engine.shared(settings)`.
+        routed_groups: Groups whose model the package chooses by the request's profile.
+        max_wait: Seconds a pick may wait for room; default: `settings.max_wait`.
+        reservation_timeout: See `YmeraLiteLLM`.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: YmeraSettings | None = None,
+        engine: Engine | None = None,
+        routed_groups: Sequence[str] = DEFAULT_ROUTED_GROUPS,
+        max_wait: float | None = None,
+        reservation_timeout: float | None = None,
+    ) -> None:
+        self.engine = engine if engine is not None else Engine.shared(settings)
+        self._options: dict[str, Any] = {
+            "routed_groups": routed_groups,
+            "max_wait": max_wait,
+            "reservation_timeout": reservation_timeout,
+        }
+        self.ymera = _register(self.engine, **self._options)
+
+    def __repr__(self) -> str:
+        return f"<YmeraRoutingPlugin {self.ymera!r}>"
+
+    async def run(self, context: RoutingContext) -> RoutingContext:
+        """Keep the callback registered (something may have reset `litellm.callbacks`) and
+        mark the request as governed; the candidate models are left as they are."""
+        if self.ymera._closed:
+            return context
+        if self.ymera not in litellm.callbacks:
+            self.ymera = _register(self.engine, **self._options)
+        context.signals["ymera"] = "quota filter"
+        return context
 
 
 def _detach(ymera: YmeraLiteLLM) -> None:

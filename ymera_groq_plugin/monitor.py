@@ -77,6 +77,7 @@ from .storage.redis_url import redis_topology
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from .config import ApiKey
     from .engine import Engine
     from .quota import Alert
 
@@ -641,7 +642,10 @@ class Monitor:
         engine = self.engine
         by_label = usage.get("keys") or {}
         out: list[dict[str, Any]] = []
-        for key in engine.settings.api_keys:
+        keys: Sequence[ApiKey] = engine.settings.api_keys
+        with contextlib.suppress(RuntimeError):  # not started: the configured keys
+            keys = engine.quota.pool.keys  # with the keys adopted from a LiteLLM router
+        for key in keys:
             info = by_label.get(key.label) or {}
             per_model: dict[str, Any] = info.get("usage") or {}
             summary: dict[str, dict[str, float]] = {}

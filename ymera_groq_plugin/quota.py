@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -901,6 +901,7 @@ class QuotaManager:
         *,
         max_tokens: int | None = None,
         wait: float = 0.0,
+        orgs: Collection[str] | None = None,
     ) -> Grant:
         """Reserve room for one call on the key whose organisation has most headroom.
 
@@ -913,6 +914,8 @@ class QuotaManager:
             prompt_tokens: The prompt estimate (what Groq checks on admission).
             max_tokens: The completion budget, kept on the grant (not reserved).
             wait: Seconds to wait for room; 0 answers at once.
+            orgs: Only these organisations (a caller that can use only some keys, e.g. the
+                one a LiteLLM router already picked); default: every one.
 
         Raises:
             UnknownModelError: The catalog has no such model.
@@ -928,8 +931,8 @@ class QuotaManager:
             raise InvalidRequestError("prompt_tokens must not be negative")
         info = self.catalog.get(model)
         started = self._clock()
-        if not self._queues.get(info.id):
-            grant, retry = await self._attempt(info, prompt_tokens, max_tokens, started)
+        if not self._queues.get(self._queue_key(info.id, orgs)):
+            grant, retry = await self._attempt(info, prompt_tokens, max_tokens, started, orgs)
             if grant is not None:
                 return grant
             if wait <= 0 or math.isinf(retry):
@@ -937,7 +940,7 @@ class QuotaManager:
         elif wait <= 0:
             # Others are already waiting for this model: going first would not be fair.
             raise self._exhausted(info.id, await self.time_until_room(info.id, prompt_tokens))
-        return await self._wait_in_line(info, prompt_tokens, max_tokens, started, wait)
+        return await self._wait_in_line(info, prompt_tokens, max_tokens, started, wait, orgs)
 
     async def _wait_in_line(
         self,
@@ -946,9 +949,11 @@ class QuotaManager:
         max_tokens: int | None,
         started: float,
         wait: float,
+        orgs: Collection[str] | None = None,
     ) -> Grant:
         deadline = started + wait
-        queue = self._queues.setdefault(info.id, deque())
+        qkey = self._queue_key(info.id, orgs)
+        queue = self._queues.setdefault(qkey, deque())
         me = _Waiter()
         queue.append(me)
         try:
@@ -956,7 +961,9 @@ class QuotaManager:
                 now = self._clock()
                 retry = math.inf
                 if queue[0] is me:
-                    grant, retry = await self._attempt(info, prompt_tokens, max_tokens, started)
+                    grant, retry = await self._attempt(
+                        info, prompt_tokens, max_tokens, started, orgs
+                    )
                     if grant is not None:
                         return grant
                     if math.isinf(retry):
@@ -974,15 +981,27 @@ class QuotaManager:
             was_head = bool(queue) and queue[0] is me
             queue.remove(me)
             if not queue:
-                if self._queues.get(info.id) is queue:
-                    del self._queues[info.id]
+                if self._queues.get(qkey) is queue:
+                    del self._queues[qkey]
             elif was_head:
                 queue[0].wake.set()
+
+    def _queue_key(self, model: str, orgs: Collection[str] | None) -> str:
+        """Callers limited to some organisations wait in a line of their own: behind a caller
+        waiting for another organisation's room they would wait for nothing."""
+        if orgs is None:
+            return model
+        return model + "\x00" + ",".join(sorted({self.pool.canonical(o) for o in orgs}))
 
     def _wake(self, model: str) -> None:
         queue = self._queues.get(model)
         if queue:
             queue[0].wake.set()
+        if len(self._queues) > 1:
+            limited = model + "\x00"
+            for key, line in list(self._queues.items()):
+                if line and key.startswith(limited):
+                    line[0].wake.set()
 
     def _exhausted(self, model: str, retry: float) -> QuotaExhaustedError:
         when = None if math.isinf(retry) else max(0.0, retry)
@@ -998,13 +1017,24 @@ class QuotaManager:
         return math.ceil(prompt_tokens * ratio - EPSILON)
 
     async def _attempt(
-        self, info: ModelInfo, prompt_tokens: int, max_tokens: int | None, started: float
+        self,
+        info: ModelInfo,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        started: float,
+        orgs: Collection[str] | None = None,
     ) -> tuple[Grant | None, float]:
-        """Try each organisation, most headroom first; one store round trip per try."""
+        """Try each organisation (of `orgs`), most headroom first; one store round trip per
+        try."""
         model = info.id
         now = self._clock()
         await self.pool.refresh()
         groups = self.pool.groups(now)
+        if orgs is not None and groups:
+            wanted = {self.pool.canonical(o) for o in orgs}
+            groups = [g for g in groups if g[0] in wanted]
+            if not groups:
+                return None, math.inf
         if not groups:
             raise NoUsableKeyError(
                 "No usable Groq key: "
