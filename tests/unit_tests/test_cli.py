@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from ymera_groq_plugin import cli
+from ymera_groq_plugin import cli, dashboard
 from ymera_groq_plugin.catalog import default_catalog
 
 
@@ -144,10 +144,10 @@ def test_alert_levels_are_coloured() -> None:
     assert "\x1b[1;31m" in lines["critical"]  # bold red
     assert "\x1b[1;37;41m" in lines["emergency"]  # bold white on red
     assert "fleet of 2 processes" in out
-    assert cli.level_of(0.79) is None and cli.level_of(0.8) == "warning"
-    assert cli.level_of(0.9) == "critical" and cli.level_of(0.99) == "emergency"
-    assert cli.human(14_400) == "14.4k" and cli.human(131_072) == "131k"
-    assert cli.short_model("openai/gpt-oss-20b") == "gpt-oss-20b"
+    assert dashboard.level_of(0.79) is None and dashboard.level_of(0.8) == "warning"
+    assert dashboard.level_of(0.9) == "critical" and dashboard.level_of(0.99) == "emergency"
+    assert dashboard.human(14_400) == "14.4k" and dashboard.human(131_072) == "131k"
+    assert dashboard.short_model("openai/gpt-oss-20b") == "gpt-oss-20b"
 
 
 # -- learning ---------------------------------------------------------------------------------
