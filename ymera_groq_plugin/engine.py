@@ -402,6 +402,11 @@ class Engine:
         return self._transport
 
     @property
+    def closed(self) -> bool:
+        """Whether `aclose` has run: the engine's stores and connections are closed."""
+        return self._closed
+
+    @property
     def budget(self) -> float:
         """Seconds one request may take at most, waiting for quota and retrying included."""
         s = self.settings
