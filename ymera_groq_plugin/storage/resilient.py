@@ -256,6 +256,9 @@ class _Replay:
     tokens: float
     defaults: Limits
     observation: Observation | None
+    counted: bool = False
+    """Its answer carried Groq's count of requests per day, which covers its request: the
+    reconcile's floor brings it, so the replay does not charge it again."""
 
 
 def _scale_limits(limits: Sequence[float | None], factor: float) -> Limits:
@@ -608,6 +611,7 @@ class ResilientQuotaStore:
     def _queue(self, replay: _Replay, now: float) -> None:
         self._heard(replay, now)
         obs = replay.observation
+        replay.counted = obs is not None and obs.floors[1] is not None
         if obs is not None and obs.floors != (None, None, None, None):
             # Groq's counts then included every process's use, which the day charges add
             # again on recovery: floors from the past would count it twice. Fresh answers'
@@ -925,15 +929,22 @@ class ResilientQuotaStore:
                         defaults=defaults, now=now, observation=obs,
                     )
             for r in work.replays:
+                obs_r = r.observation
+                requests = r.requests
+                if r.counted and requests:
+                    # Its request per day is in the count the floor below brings; charged
+                    # here too, it would count twice once another worker's count is in.
+                    obs_r = replace(obs_r or Observation(), charges=(requests, 0.0, 0.0, 0.0))
+                    requests = 0.0
                 await primary.settle(
                     r.org,
                     r.model,
                     reservation_id=r.reservation_id,
-                    requests=r.requests,
+                    requests=requests,
                     tokens=r.tokens,
                     defaults=r.defaults,
                     now=now,
-                    observation=r.observation,
+                    observation=obs_r,
                 )
                 done += 1
                 self.stats["replayed"] += 1
