@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from ymera_groq_plugin import Engine, YmeraSettings
-    from ymera_groq_plugin.cli import render_snapshot
+    from ymera_groq_plugin.dashboard import render_snapshot
     from ymera_groq_plugin.testing import GroqTestServer, RedisServer
 
     console = Console(stderr=args.json, highlight=False)

@@ -19,9 +19,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from ymera_groq_plugin.testing import FakeClock, RedisServer
 from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, RedisSentinelServer
+
+# A test must pass on a busy machine: no per-example deadline and no "generation too slow"
+# health check (both measure wall time). Tests' own `@settings` inherit this profile.
+settings.register_profile(
+    "busy", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("busy")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -286,8 +286,8 @@ def run_demo(
 ) -> int:
     """Run the demo; returns the exit code (non-zero if the server ever said 429)."""
     from .chat_models import ChatYmeraGroq
-    from .cli import render_snapshot
     from .config import YmeraSettings
+    from .dashboard import render_snapshot
     from .engine import Engine
 
     console = Console(stderr=json_output, highlight=False)

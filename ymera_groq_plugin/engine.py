@@ -298,20 +298,39 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def _ensure_started(self) -> None:
-        """Build the loop-bound parts on the portal, once."""
-        if self._started is None:
-            self._started = asyncio.get_running_loop().create_future()
-            try:
-                await self._build()
-            except BaseException as exc:
-                self._started.set_exception(exc)
-                started, self._started = self._started, None
-                started.exception()  # mark retrieved; the next call retries
+        """Build the loop-bound parts on the portal, once.
+
+        The build runs in a task of its own that every early caller awaits: a caller
+        cancelled meanwhile only stops waiting, and the build goes on for the others. (Run by
+        the first caller, its cancellation reached every concurrent first call as their own
+        `CancelledError`.) A failed build raises in each caller waiting for it; the next
+        call builds again.
+        """
+        started = self._started
+        if started is None:
+            started = self._started = asyncio.get_running_loop().create_future()
+            task = asyncio.get_running_loop().create_task(self._start(started))
+            self._background.add(task)
+            task.add_done_callback(self._background_done)
+        if not started.done():
+            await asyncio.shield(started)
+        else:
+            started.result()
+
+    async def _start(self, started: asyncio.Future[None]) -> None:
+        try:
+            await self._build()
+        except BaseException as exc:
+            if self._started is started:
+                self._started = None  # the next call retries
+            if isinstance(exc, asyncio.CancelledError):  # the portal is shutting down
+                started.cancel()
                 raise
-            self._started.set_result(None)
-            await self._attach_monitor()
-        elif not self._started.done():
-            await asyncio.shield(self._started)
+            started.set_exception(exc)
+            started.exception()  # retrieved: a build that no caller awaits any more is no error
+            return
+        started.set_result(None)
+        await self._attach_monitor()
 
     async def _attach_monitor(self) -> None:
         # After start-up (the monitor starts the engine itself): alert events, the latency
@@ -429,6 +448,11 @@ class Engine:
     def transport(self) -> GroqTransport | None:
         """The Groq transport (after `start`)."""
         return self._transport
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` has run: the engine's stores and connections are closed."""
+        return self._closed
 
     @property
     def budget(self) -> float:

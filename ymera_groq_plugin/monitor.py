@@ -468,7 +468,7 @@ class Monitor:
     def _engine_done(self) -> bool:
         # No strong reference survives this call: the loop must not keep the engine alive.
         engine = self._engine()
-        return engine is None or _engine_closed(engine)
+        return engine is None or engine.closed
 
     # -- the snapshot ------------------------------------------------------------------------
 
@@ -1027,11 +1027,6 @@ def _alert_dict(alert: Any) -> dict[str, Any]:
 
 def _utc_day(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
-
-
-def _engine_closed(engine: Engine) -> bool:
-    # `Engine` keeps its closed flag private; read it defensively until it offers one.
-    return bool(getattr(engine, "closed", getattr(engine, "_closed", False)))
 
 
 def _flush_at_exit() -> None:

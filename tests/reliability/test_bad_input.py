@@ -48,7 +48,7 @@ from ymera_groq_plugin.storage.memory import MemoryKeyStateStore, MemoryQuotaSto
 from ymera_groq_plugin.storage.resilient import ResilientQuotaStore
 from ymera_groq_plugin.testing import FakeClock
 from ymera_groq_plugin.testing.server import GroqTestServer
-from ymera_groq_plugin.types import ChatRequest, Usage
+from ymera_groq_plugin.types import TASK_TYPES, ChatRequest, Usage
 
 from .conftest import (
     KEYS,
@@ -452,7 +452,9 @@ async def test_corrupt_and_foreign_redis_entries_are_dropped_and_nothing_else(
             learner = engine.learner
             assert learner is not None
             await on_portal(engine, learner.refresh())
-            assert learner.evidence(None, "general") + learner.evidence(None, "reasoning") >= 0
+            # The poisoned log entries were skipped, and every answer served upstream is
+            # learned once: keep-1, the eight after the poisoning, the three poisoned entries.
+            assert sum(learner.evidence(None, t) for t in TASK_TYPES) == 12
             assert await on_portal(engine, learner.store.get("poison-exec")) is None
             with pytest.raises(InvalidRequestError):
                 await engine.afeedback("poison-exec", 0.5)

@@ -12,6 +12,7 @@ leader is cancelled, its followers must neither hang nor see the cancellation.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -125,3 +126,52 @@ async def test_cancelling_at_every_point_leaves_nothing_behind(
             assert all(a.content for a in again)
             await background_done(engine)
             await _no_leftovers(engine, seen)
+
+
+async def test_callers_waiting_for_a_cancelled_first_call_to_start_the_engine_are_served(
+    tmp_path: Path,
+) -> None:
+    """The first call starts the engine (quota, learner, transport); calls arriving meanwhile
+    wait for that start. Cancelling the first call must not cancel them: they are served
+    (they used to end with the first call's `CancelledError`, when a busy machine made the
+    start slow enough for a cancellation to land in it). The order is the test's: the start
+    is held until every caller waits for it and the first one has been cancelled."""
+    with GroqTestServer(KEYS) as server:
+        engine = make_engine(server.base_url, tmp_path, clock=time.time)
+        entered, release = threading.Event(), threading.Event()
+        arrived = threading.Semaphore(0)  # one per call waiting for the start
+        build, ensure_started = engine._build, engine._ensure_started
+
+        async def held_build() -> None:
+            entered.set()
+            assert await asyncio.to_thread(release.wait, 30)
+            await build()
+
+        async def counted_ensure_started() -> None:
+            arrived.release()
+            await ensure_started()
+
+        engine._build = held_build  # type: ignore[method-assign]
+        engine._ensure_started = counted_ensure_started  # type: ignore[method-assign]
+        async with closing(engine):
+            first = asyncio.ensure_future(engine.ainvoke(request("start twins", "start-0")))
+            assert await asyncio.to_thread(entered.wait, 30)
+            # Its coalesced twins, a different request and an explicit start.
+            others = [
+                asyncio.ensure_future(engine.ainvoke(request("start twins", f"start-{k}")))
+                for k in (1, 2)
+            ]
+            others.append(asyncio.ensure_future(engine.ainvoke(request("other", "start-3"))))
+            others.append(asyncio.ensure_future(engine.astart()))
+            for _ in range(5):
+                assert await asyncio.to_thread(arrived.acquire, timeout=30)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert not any(t.done() for t in others)  # still waiting for the start
+            release.set()
+            *answers, started = await asyncio.wait_for(asyncio.gather(*others), 30)
+            assert started is engine
+            assert [a.request_id for a in answers] == ["start-1", "start-2", "start-3"]
+            assert all(a.content for a in answers)
+            assert await on_portal(engine, engine.quota.idle())

@@ -8,6 +8,7 @@ key health changes made during the outage.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -260,3 +261,78 @@ async def test_a_learner_reading_a_log_that_started_over_catches_up(
     finally:
         await writer.aclose()
         await reader.aclose()
+
+
+async def test_outage_requests_stay_in_the_day_count_after_a_restart_with_data(
+    own_redis: RedisServer,
+) -> None:
+    """Requests per day are never charged on recovery: Groq's headers carry its own count.
+    On a pair two workers used during the outage and nobody uses after it, no later header
+    comes, so the count the workers last heard from Groq must reach the ledger (it used to
+    keep only what Redis knew before the outage: under-counting leads to 429s)."""
+    import redis
+
+    clock = FakeClock(T0)
+    url = own_redis.url
+    client = redis.Redis.from_url(url)
+    client.config_set("save", "3600 1")  # SHUTDOWN writes an RDB, the restart loads it
+    a, b = _quota(url, clock), _quota(url, clock)
+    checker = RedisQuotaStore.from_url(url, namespace="rs")
+    groq = 0  # Groq's count of the day's requests (nothing drains in these few seconds)
+
+    async def one(store: ResilientQuotaStore, rid: str, *, heard: bool = True) -> None:
+        nonlocal groq
+        wait, _ = await store.reserve("org", "m", reservation_id=rid, requests=1, tokens=10,
+                                      defaults=D, now=clock(), ttl=600)
+        assert wait == 0
+        groq += 1
+        await store.settle("org", "m", reservation_id=rid, requests=1, tokens=10, defaults=D,
+                           now=clock(),
+                           observation=Observation(floors=(None, groq, None, None)) if heard
+                           else None)
+        clock.advance(0.5)
+
+    try:
+        client.flushall()
+        client.set("kept", "yes")
+        assert await a.beat() == 1 and await b.beat() == 2 and await a.beat() == 2
+        for i in range(3):
+            await one(a, f"pre{i}")
+        # In flight when Redis goes: reserved in Redis, answered (and counted) meanwhile; its
+        # reservation has expired there by the time Redis is back (a long outage).
+        wait, _ = await b.reserve("org", "m", reservation_id="flying", requests=1, tokens=10,
+                                  defaults=D, now=clock(), ttl=2)
+        assert wait == 0
+        groq += 1
+        own_redis.stop()
+        await b.settle("org", "m", reservation_id="flying", requests=1, tokens=10, defaults=D,
+                       now=clock(), observation=Observation(floors=(None, groq, None, None)))
+        for i in range(8):
+            await one(a if i % 2 else b, f"out{i}")
+        # Answers without headers after the last count: charged on top of it.
+        await one(a, "out8", heard=False)
+        await one(a, "out9", heard=False)
+        assert a.degraded and b.degraded
+        # Background retries that failed meanwhile are over: the test picks who goes first.
+        await asyncio.gather(*a._fb._tasks, *b._fb._tasks, return_exceptions=True)
+        own_redis.start()
+        assert client.get("kept") == b"yes"  # Redis came back with its data
+        # a first: its count includes b's settle that b replays after it (which must not
+        # charge that request again).
+        print("DBG0", await checker.get("org", "m", defaults=D, now=clock()), groq)
+        assert await a.recover()
+        print("DBG1", await checker.get("org", "m", defaults=D, now=clock()))
+        assert await b.recover()
+        print("DBG2", await checker.get("org", "m", defaults=D, now=clock()))
+        assert b.stats["replayed"] == 1
+        state = await checker.get("org", "m", defaults=D, now=clock())
+        drained = 1000 / 86400 * 7  # at most seven seconds of the day window's drain
+        assert groq - drained <= state.used(1) <= groq + 1e-6
+    finally:
+        own_redis.start()
+        redis.Redis.from_url(url).config_set("save", "")
+        (own_redis.workdir / "dump.rdb").unlink(missing_ok=True)
+        client.close()
+        await a.aclose()
+        await b.aclose()
+        await checker.aclose()

@@ -223,17 +223,6 @@ async def test_record_refreshes_at_most_every_interval(tmp_path: Path, clock: Fa
     assert b.evidence(AGENT, TASK) == 6
 
 
-@pytest.mark.redis
-async def test_learners_share_evidence_through_redis(redis_url: str, clock: FakeClock) -> None:
-    a = learner(clock, RedisLearningStore.from_url(redis_url))
-    b = learner(clock, RedisLearningStore.from_url(redis_url))
-    await run(a, clock, "m", 10)
-    await b.refresh()
-    assert b.evidence(AGENT, TASK) == 10
-    await a.aclose()
-    await b.aclose()
-
-
 async def test_refresh_prunes_evidence_older_than_the_retention(clock: FakeClock) -> None:
     lrn = learner(clock, half_life=100.0)  # retention: 10 half-lives
     await run(lrn, clock, "m", 3)

@@ -31,8 +31,11 @@ used again, in an order that neither loses nor double-counts what happened meanw
 3. the minute buckets raised to what this process's share implies for everyone (a floor:
    conservative, exact when the workers used their shares alike), and the tokens-per-day bucket
    charged with what this process used meanwhile (added: every process adds its own, and a day
-   window barely drains meanwhile). Requests per day need no charge: every answer's headers
-   carry Groq's own count, which includes every process's use;
+   window barely drains meanwhile). Requests per day are not charged but raised to the last
+   count Groq's headers reported to this process meanwhile, drained forward (a floor: Groq's
+   count includes every process's use, so the workers' floors neither add up nor count
+   twice, and a pair nobody uses after the outage keeps its outage requests), plus the
+   requests this process made after that count whose answers carried none;
 4. reservations made locally and still in flight, charged with their estimate (their settle
    later charges only what exceeds it).
 
@@ -259,6 +262,9 @@ class _Replay:
     tokens: float
     defaults: Limits
     observation: Observation | None
+    counted: bool = False
+    """Its answer carried Groq's count of requests per day, which covers its request: the
+    reconcile's floor brings it, so the replay does not charge it again."""
 
 
 def _scale_limits(limits: Sequence[float | None], factor: float) -> Limits:
@@ -360,6 +366,7 @@ class ResilientQuotaStore:
         self._replays: deque[_Replay] = deque()
         self._max_replays = max_replays
         self._charges: dict[tuple[str, str], list[float]] = {}
+        self._day_counts: dict[tuple[str, str], tuple[float, float, int | None]] = {}
         self._seeded: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._episode = 0
@@ -583,8 +590,9 @@ class ResilientQuotaStore:
         return held is None or held.episode == self._episode
 
     def _charge_later(self, org: str, model: str, requests: float, tokens: float) -> None:
-        """Consumption the primary has not seen, for its tokens-per-day bucket on recovery
-        (the one kind no header reports)."""
+        """Consumption the primary has not seen, for its day buckets on recovery: `tokens`
+        for tokens per day (the one kind no header reports), `requests` only for requests no
+        count of Groq's covers (see `_heard`)."""
         if requests <= 0 and tokens <= 0:
             return
         c = self._charges.setdefault((org, model), [0.0, 0.0])
@@ -592,8 +600,28 @@ class ResilientQuotaStore:
         c[1] += max(0.0, tokens)
         self._dirty.add((org, model))
 
-    def _queue(self, replay: _Replay) -> None:
+    def _heard(self, replay: _Replay, now: float) -> None:
+        """Keep the requests per day Groq counted, for the ledger on recovery.
+
+        The count covers every request any process made before it, this one's included: the
+        requests charged for lack of a count are covered from now on. (Answers without the
+        header are rare; if two workers both charged some, a later count pushed after them
+        can absorb one's.)
+        """
         obs = replay.observation
+        if obs is None or obs.floors[1] is None:
+            return
+        pair = (replay.org, replay.model)
+        known = self._known.get(pair)
+        limit = obs.limits[1] or (known.limits[1] if known is not None else None)
+        self._day_counts[pair] = (obs.floors[1], now, limit or replay.defaults[1])
+        if pair in self._charges:
+            self._charges[pair][0] = 0.0
+
+    def _queue(self, replay: _Replay, now: float) -> None:
+        self._heard(replay, now)
+        obs = replay.observation
+        replay.counted = obs is not None and obs.floors[1] is not None
         if obs is not None and obs.floors != (None, None, None, None):
             # Groq's counts then included every process's use, which the day charges add
             # again on recovery: floors from the past would count it twice. Fresh answers'
@@ -718,7 +746,9 @@ class ResilientQuotaStore:
                 self._after_primary(now)
                 return found, state
         self._fb._maybe_recover()
-        self._queue(_Replay(org, model, reservation_id, requests, tokens, defaults, observation))
+        self._queue(
+            _Replay(org, model, reservation_id, requests, tokens, defaults, observation), now
+        )
         # The share sees the consumption now; the primary gets the settle itself on recovery.
         _, state = self._local_settle(
             org, model, None, requests, tokens, defaults, now, observation
@@ -762,9 +792,10 @@ class ResilientQuotaStore:
                 self._remember(org, model, state, defaults)
                 return True, state
         self._fb._maybe_recover()
-        self._charge_later(org, model, extra_r, extra_t)
+        heard = observation is not None and observation.floors[1] is not None
+        self._charge_later(org, model, 0.0 if heard else extra_r, extra_t)
         if observation is not None and not observation.empty:
-            self._queue(_Replay(org, model, None, 0.0, 0.0, defaults, observation))
+            self._queue(_Replay(org, model, None, 0.0, 0.0, defaults, observation), now)
         same = held.episode == self._episode
         return self._local_settle(
             org, model, rid if same else None, requests, tokens, defaults, now, observation
@@ -810,6 +841,7 @@ class ResilientQuotaStore:
         self._held.clear()
         self._replays.clear()
         self._charges.clear()
+        self._day_counts.clear()
         await self.primary.clear()
 
     async def check(self) -> bool:
@@ -844,10 +876,11 @@ class ResilientQuotaStore:
         replays = list(self._replays)
         self._replays.clear()
         charges = {p: self._charges.pop(p) for p in list(self._charges)}
+        day_counts, self._day_counts = self._day_counts, {}
         in_flight = [h for h in self._held.values() if h.place == "local" and not h.charged]
         for h in in_flight:
             h.charged = True
-        return _Work(now, share, pairs, local, replays, charges, in_flight)
+        return _Work(now, share, pairs, local, replays, charges, day_counts, in_flight)
 
     def _restore(self, work: _Work, done: int) -> None:
         """Keep what did not get through for the next try."""
@@ -857,14 +890,17 @@ class ResilientQuotaStore:
             acc = self._charges.setdefault(p, [0.0, 0.0])
             acc[0] += c[0]
             acc[1] += c[1]
+        for p, count in work.day_counts.items():
+            self._day_counts.setdefault(p, count)  # a newer count wins
         held = {id(h) for h in self._held.values()}
         for h in work.in_flight:
             if id(h) in held:
                 h.charged = False
             else:
                 # Settled meanwhile, charging only what exceeded the estimate: the estimate
-                # itself is still owed to the day buckets.
-                self._charge_later(h.org, h.model, h.requests, h.tokens)
+                # itself is still owed to the day's tokens (its request is in the count of
+                # Groq's that its own answer carried).
+                self._charge_later(h.org, h.model, 0.0, h.tokens)
 
     async def _push(self, work: _Work) -> None:
         """Write a snapshot to the primary (see the module docstring for the order)."""
@@ -903,37 +939,48 @@ class ResilientQuotaStore:
                         defaults=defaults, now=now, observation=obs,
                     )
             for r in work.replays:
+                obs_r = r.observation
+                requests = r.requests
+                if r.counted and requests:
+                    # Its request per day is in the count the floor below brings; charged
+                    # here too, it would count twice once another worker's count is in.
+                    obs_r = replace(obs_r or Observation(), charges=(requests, 0.0, 0.0, 0.0))
+                    requests = 0.0
                 await primary.settle(
                     r.org,
                     r.model,
                     reservation_id=r.reservation_id,
-                    requests=r.requests,
+                    requests=requests,
                     tokens=r.tokens,
                     defaults=r.defaults,
                     now=now,
-                    observation=r.observation,
+                    observation=obs_r,
                 )
                 done += 1
                 self.stats["replayed"] += 1
-            for pair in {*work.pairs, *work.charges}:
+            for pair in {*work.pairs, *work.charges, *work.day_counts}:
                 org, model = pair
                 defaults = self._defaults.get(pair, NO_LIMITS)
                 local = work.local.get(pair)
-                minute: list[float | None] = [None, None, None, None]
+                at_least: list[float | None] = [None, None, None, None]
                 if local is not None:
                     # What this share implies for every worker: conservative, and exact when
                     # the workers used their shares alike.
-                    minute[0] = local.levels[0] / share
-                    minute[2] = local.levels[2] / share
+                    at_least[0] = local.levels[0] / share
+                    at_least[2] = local.levels[2] / share
+                if pair in work.day_counts:
+                    # After the replays, which charge requests Groq's count already holds.
+                    count, at, limit = work.day_counts[pair]
+                    drained = max(0.0, now - at) * limit / WINDOWS[1] if limit else 0.0
+                    at_least[1] = max(0.0, count - drained)
                 c = work.charges.get(pair, [0.0, 0.0])
                 obs = Observation(
                     floors=cast(
                         "tuple[float | None, float | None, float | None, float | None]",
-                        tuple(minute),
+                        tuple(at_least),
                     ),
-                    # Requests per day are not charged: every answer's headers carry Groq's
-                    # own count of them, which already includes every process's outage use.
-                    charges=(0.0, 0.0, 0.0, c[1]),
+                    # Requests per day are charged only where no count of Groq's covers them.
+                    charges=(0.0, c[0], 0.0, c[1]),
                 )
                 if not obs.empty:
                     _, state = await primary.settle(
@@ -986,6 +1033,8 @@ class _Work:
     local: dict[tuple[str, str], QuotaState]
     replays: list[_Replay]
     charges: dict[tuple[str, str], list[float]]
+    day_counts: dict[tuple[str, str], tuple[float, float, int | None]]
+    """The requests per day Groq last counted per pair: (count, when, the limit)."""
     in_flight: list[_Held]
 
 
