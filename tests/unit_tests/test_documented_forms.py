@@ -94,24 +94,6 @@ def test_tiered_cache_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "env" / "cache.db").exists()
 
 
-def test_tiered_cache_from_arguments(redis_url: str, tmp_path: Path) -> None:
-    def make() -> TieredCache:
-        return TieredCache(redis_url=redis_url, data_dir=tmp_path / "args", namespace="tenant")
-
-    cache, other = make(), make()
-    try:
-        assert repr(cache) == "<TieredCache l1+l2:redis+l3:sqlite namespace=tenant>"
-        cache.update("p", "llm", [Generation(text="x")])
-        # Another cache on the same Redis and directory (an empty L1) finds it below.
-        assert other.lookup("p", "llm") == [Generation(text="x")]
-    finally:
-        cache.close()
-        other.close()
-    assert (tmp_path / "args" / "cache.db").exists()
-    built = TieredCache.from_settings(YmeraSettings(data_dir=tmp_path / "s", cache_enabled=False))
-    assert not built.enabled
-
-
 def test_tiered_cache_refuses_tiers_and_urls_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="either tiers"):
         TieredCache(l1=LRUCache(10, 60.0), data_dir=tmp_path)
