@@ -325,7 +325,8 @@ class YmeraSettings(BaseSettings):
         try:
             parse_redis_url(value)
         except ConfigurationError as exc:
-            raise ValueError(str(exc)) from None
+            # Settings errors never echo a value (it may hold a password the mask misses).
+            raise ValueError(f"invalid Redis URL: {exc.detail or 'malformed'}") from None
         return value
 
     @field_validator("alert_thresholds", "fallback_models", mode="before")

@@ -72,9 +72,14 @@ class YmeraError(Exception):
 class ConfigurationError(YmeraError, ValueError):
     """A setting, environment variable, catalog or policy file is invalid."""
 
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, setting: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.setting = setting
+        self.detail = detail
+        """What is wrong, without the offending value (for messages about the environment,
+        which must not echo what may be a secret)."""
 
 
 class InvalidRequestError(YmeraError, ModelInvalidRequestError, ValueError):

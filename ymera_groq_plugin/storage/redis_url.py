@@ -118,7 +118,7 @@ class RedisTarget:
 
 def _bad(url: str, why: str) -> ConfigurationError:
     return ConfigurationError(
-        f"Invalid Redis URL {mask_redis_url(url)!r}: {why}", setting="YMERA_REDIS_URL"
+        f"Invalid Redis URL {mask_redis_url(url)!r}: {why}", setting="YMERA_REDIS_URL", detail=why
     )
 
 
