@@ -27,7 +27,8 @@ used again, in an order that neither loses nor double-counts what happened meanw
    when Redis kept its data);
 2. settles and releases of reservations that were made in Redis before the outage, in order
    (without the floors their answers reported then: those counted every process's use, which
-   step 3 adds again);
+   step 3 adds again; and without their request per day when their answer carried Groq's
+   count, which step 3's floor brings);
 3. the minute buckets raised to what this process's share implies for everyone (a floor:
    conservative, exact when the workers used their shares alike), and the tokens-per-day bucket
    charged with what this process used meanwhile (added: every process adds its own, and a day
