@@ -470,7 +470,9 @@ class KeyPool:
         low, high = sorted((a, b))
         return self._distinct.get((low, high), -math.inf) > now
 
-    def share_of(self, org: str, now: float | None = None) -> int:
+    def share_of(
+        self, org: str, now: float | None = None, *, serves: Callable[[str], bool] | None = None
+    ) -> int:
         """How many usable organisations `org` might still be one budget with, itself
         included (1 when every pair it is in is decided).
 
@@ -478,7 +480,26 @@ class KeyPool:
         with any other, so the quota manager lets each of them use only this share of the
         requests-per-minute limit: the fleet cannot overspend one budget seen through
         several keys before the evidence arrives (a few answers later).
+
+        Args:
+            org: The organisation asking.
+            now: The time (default: the pool's clock).
+            serves: Whether an organisation is served the model in question: one that is not
+                (its listing, or a 404) spends none of that model's budget, so it takes no
+                share of it, and its answers would never decide the pair.
         """
+        n = self._share_of(org, now)
+        if n > 1 and serves is not None:
+            canon = self.canonical(org)
+            now = self._clock() if now is None else now
+            n = 1 + sum(
+                1
+                for other, _ in self.groups(now)
+                if other != canon and serves(other) and not self._decided(canon, other, now)
+            )
+        return n
+
+    def _share_of(self, org: str, now: float | None) -> int:
         if not self._unlabelled:
             return 1  # every organisation was named: nothing to find out
         now = self._clock() if now is None else now

@@ -1123,7 +1123,10 @@ class QuotaManager:
         self, org: str, model: str, rid: str, tokens: int, now: float
     ) -> tuple[float, QuotaState]:
         defaults: Limits | None = None
-        share = self.pool.share_of(org, now)
+        served = self.served
+        share = self.pool.share_of(
+            org, now, serves=None if served is None else (lambda other: served(other, model))
+        )
         if share > 1:
             # Possibly one budget with other unlabelled organisations: a share of the RPM
             # limit each until their first answers decide (`KeyPool.share_of`).
