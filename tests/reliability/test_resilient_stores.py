@@ -336,3 +336,25 @@ async def test_outage_requests_stay_in_the_day_count_after_a_restart_with_data(
         await a.aclose()
         await b.aclose()
         await checker.aclose()
+
+
+async def test_a_redis_back_empty_does_not_shrink_the_worker_count(own_redis: RedisServer) -> None:
+    """The heartbeats went with the data: until every worker has beaten again (one window),
+    the count stays at what it was, or this worker would take too large a share at the next
+    outage. After that window a worker that really left is no longer counted."""
+    clock = FakeClock(T0)
+    a, b = _quota(own_redis.url, clock), _quota(own_redis.url, clock)
+    try:
+        assert await a.beat() == 1 and await b.beat() == 2 and await a.beat() == 2
+        own_redis.stop()  # no persistence: the heartbeat set is lost
+        await a.get("org", "m", defaults=D, now=clock())  # a notices the outage
+        own_redis.start()
+        assert await a.recover()
+        # Only a has beaten into the empty Redis so far: it still counts b.
+        assert await a.beat() == 2
+        clock.advance(a.worker_window + 1)
+        # b never came back within a whole window: a counts itself alone.
+        assert await a.beat() == 1
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -360,6 +360,7 @@ class ResilientQuotaStore:
         self.workers: int | None = None
         """Workers seen by the last heartbeat (`None` before one answered)."""
         self._last_beat = -math.inf
+        self._recounting_until = -math.inf
         self._beating = False
         self._known: dict[tuple[str, str], QuotaState] = {}
         self._defaults: dict[tuple[str, str], Limits] = {}
@@ -466,7 +467,13 @@ class ResilientQuotaStore:
         if heartbeat is None:
             self.workers = 1
             return 1
-        self.workers = int(await heartbeat(self.worker_id, now=now, window=self.worker_window))
+        seen = int(await heartbeat(self.worker_id, now=now, window=self.worker_window))
+        if self.workers is not None and seen < self.workers and now < self._recounting_until:
+            # A Redis restarted without its data lost every worker's heartbeat: the others
+            # are counted again only as each beats, within one window. Believing the lower
+            # count meanwhile would give this worker too large a share at the next outage.
+            seen = self.workers
+        self.workers = seen
         self._last_beat = now
         return self.workers
 
@@ -1013,6 +1020,7 @@ class ResilientQuotaStore:
         rest = self._snapshot()
         # No await between this snapshot and closing the breaker: nothing slips past both.
         self._grace_until = self._clock() + self.grace
+        self._recounting_until = self._clock() + self.worker_window
         return rest
 
     async def _catch_up(self, work: _Work) -> None:
