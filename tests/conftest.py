@@ -86,12 +86,8 @@ def redis_url(redis_server: Any) -> str:
 def redis_cluster() -> Iterator[RedisClusterServer]:
     """A real 3-primary Redis Cluster for the whole session (same binary as `redis_server`;
     the launcher assigns the slots). Started on first use only."""
-    cluster = RedisClusterServer(primaries=3)
-    cluster.start()
-    try:
+    with RedisClusterServer(primaries=3) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
@@ -108,12 +104,8 @@ def redis_cluster_url(redis_cluster: RedisClusterServer) -> str:
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[RedisSentinelServer]:
     """A real Sentinel group (one primary, one replica, one Sentinel) for the whole session."""
-    group = RedisSentinelServer()
-    group.start()
-    try:
+    with RedisSentinelServer() as group:
         yield group
-    finally:
-        group.close()
 
 
 @pytest.fixture

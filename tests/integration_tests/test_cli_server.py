@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.unit_tests.test_cli import run, run_json
-from ymera_groq_plugin import cli
+# `data_dir` is autouse: imported here, it gives every test its own data directory too.
+from tests.unit_tests.test_cli import data_dir, run, run_json  # noqa: F401
 from ymera_groq_plugin.chat_models import ChatYmeraGroq
 from ymera_groq_plugin.config import YmeraSettings
 from ymera_groq_plugin.engine import Engine
@@ -18,14 +17,6 @@ from ymera_groq_plugin.testing import GroqTestServer
 
 SECRET_A = "gsk_cli_test_alpha_00000000000000a1"
 SECRET_B = "gsk_cli_test_beta_000000000000000b2"
-
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Every command gets its own data directory and a wide-enough, colourless terminal."""
-    monkeypatch.setenv("YMERA_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("COLUMNS", "80")
-    yield tmp_path / "data"
-    cli._close_engines()
 
 
 @pytest.fixture

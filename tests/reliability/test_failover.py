@@ -31,13 +31,18 @@ from ymera_groq_plugin.testing import FakeClock
 from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, RedisSentinelServer
 from ymera_groq_plugin.testing.server import GroqTestServer
 
-from .conftest import KEYS, MODEL, Ticker, catalog_with, closing, make_engine, on_portal
+from .conftest import KEYS, MODEL, Ticker, closing, on_portal
 from .soak import SoakConfig, run_soak
-from .test_outage import Run, _redis_executions, learning_store, quota_store, until
+from .test_outage import (
+    LIMITS,
+    Run,
+    _redis_executions,
+    quota_store,
+    two_workers,
+    until_reconciled,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-LIMITS = {"rpm": 20, "rpd": 5000, "tpm": 20_000, "tpd": 1_000_000}
 
 
 def test_two_processes_share_quota_through_the_cluster_with_no_429(
@@ -56,24 +61,16 @@ def test_two_processes_share_quota_through_the_cluster_with_no_429(
 @pytest.fixture(scope="module")
 def replicated_cluster() -> Iterator[RedisClusterServer]:
     """3 primaries with a replica each, of this module's own (a test stops one primary)."""
-    cluster = RedisClusterServer(primaries=3, replicas=1)
-    cluster.start()
-    try:
+    with RedisClusterServer(primaries=3, replicas=1) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture(scope="module")
 def sentinel_group() -> Iterator[RedisSentinelServer]:
     """One primary, one replica and a Sentinel of this module's own (a test stops the
     primary)."""
-    group = RedisSentinelServer()
-    group.start()
-    try:
+    with RedisSentinelServer() as group:
         yield group
-    finally:
-        group.close()
 
 
 async def test_a_cluster_primary_fails_over_mid_run_and_the_run_goes_on(
@@ -129,20 +126,8 @@ async def _run_through_failover(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock(1_800_000_000.0)
-    catalog = catalog_with(LIMITS)
     with GroqTestServer(KEYS, limits={MODEL: LIMITS}, clock=clock) as server, Ticker(clock):
-        engines = [
-            make_engine(
-                server.base_url,
-                tmp_path / f"worker{n}",
-                clock=clock,
-                catalog=catalog,
-                redis_url=url,
-                max_wait=600,
-                request_timeout=10,
-            )
-            for n in range(2)
-        ]
+        engines = two_workers(server.base_url, url, clock, tmp_path)
         run = Run(engines, per_engine=6)
         async with closing(*engines):
             run.start()
@@ -152,16 +137,7 @@ async def _run_through_failover(
             await run.more(20, "requests after the replica took over")
             during = await monitor_for(engines[0]).asnapshot()
             run.phase = "after"
-            await until(
-                lambda: all(
-                    not quota_store(e).degraded
-                    and not learning_store(e).degraded
-                    and learning_store(e).pending == 0
-                    for e in engines
-                ),
-                "the stores to reconcile on the new primary",
-                limit=60,
-            )
+            await until_reconciled(engines, "the stores to reconcile on the new primary", limit=60)
             after = await monitor_for(engines[0]).asnapshot()
             await run.more(20, "requests after the failover")
             await run.stop()

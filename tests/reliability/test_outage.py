@@ -65,6 +65,37 @@ def learning_store(engine: Engine) -> ResilientLearningStore:
     return store
 
 
+def two_workers(base_url: str, url: str, clock: FakeClock, tmp_path: Path) -> list[Engine]:
+    """Two engines ("workers") on one Redis at `url` and the local server, under `LIMITS`."""
+    catalog = catalog_with(LIMITS)
+    return [
+        make_engine(
+            base_url,
+            tmp_path / f"worker{n}",
+            clock=clock,
+            catalog=catalog,
+            redis_url=url,
+            max_wait=600,
+            request_timeout=10,
+        )
+        for n in range(2)
+    ]
+
+
+async def until_reconciled(engines: list[Engine], what: str, limit: float = 30.0) -> None:
+    """Wait until every engine's quota and learning stores are back on Redis, nothing pending."""
+    await until(
+        lambda: all(
+            not quota_store(e).degraded
+            and not learning_store(e).degraded
+            and learning_store(e).pending == 0
+            for e in engines
+        ),
+        what,
+        limit=limit,
+    )
+
+
 class Run:
     """Workers that keep sending distinct requests until told to stop; every outcome kept."""
 
@@ -134,21 +165,9 @@ async def _redis_executions(url: str) -> Counter[str]:
 async def _run_with_outage(
     own_redis: RedisServer, url: str, clock: FakeClock, tmp_path: Path, *, persist: bool
 ) -> dict[str, Any]:
-    catalog = catalog_with(LIMITS)
     _persist(url, persist)
     with GroqTestServer(KEYS, limits={MODEL: LIMITS}, clock=clock) as server, Ticker(clock):
-        engines = [
-            make_engine(
-                server.base_url,
-                tmp_path / f"worker{n}",
-                clock=clock,
-                catalog=catalog,
-                redis_url=url,
-                max_wait=600,
-                request_timeout=10,
-            )
-            for n in range(2)
-        ]
+        engines = two_workers(server.base_url, url, clock, tmp_path)
         run = Run(engines, per_engine=6)
         async with closing(*engines):
             run.start()
@@ -167,15 +186,7 @@ async def _run_with_outage(
             refused.append(dict(server.stats().rate_limited))
             await asyncio.to_thread(own_redis.start)
             run.phase = "after"
-            await until(
-                lambda: all(
-                    not quota_store(e).degraded
-                    and not learning_store(e).degraded
-                    and learning_store(e).pending == 0
-                    for e in engines
-                ),
-                "the stores to reconcile after Redis came back",
-            )
+            await until_reconciled(engines, "the stores to reconcile after Redis came back")
             refused.append(dict(server.stats().rate_limited))
             after = await monitor_for(engines[0]).asnapshot()
             assert {e["state"] for e in after["storage"].values()} == {"ok"}

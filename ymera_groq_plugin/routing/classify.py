@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..tokens import estimate_prompt_tokens
-from ..types import ChatRequest, Complexity, Profile
+from ..types import ChatRequest, Profile
 from . import complexity as _cx
 from .policy import Policy, default_policy
 
@@ -728,19 +728,6 @@ def _complexity_features(
     )
 
 
-def _complexity(
-    user: str,
-    task_type: str,
-    tokens: int,
-    code_lines: int,
-    items: int,
-    bias: float,
-    cues: _Cues,
-) -> tuple[Complexity, float, list[str]]:
-    x = _complexity_features(user, task_type, tokens, code_lines, items, bias, cues)
-    return _cx.decide(x, tokens)
-
-
 def complexity_features(
     request: ChatRequest, policy: Policy | None = None
 ) -> tuple[dict[str, float], int]:
@@ -826,9 +813,8 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
             best = f" (best {ranked[0][0]} {ranked[0][1]:.1f})" if ranked else ""
             reasons.append(f"no task signal reached {_MIN_SCORE}{best}: general")
 
-    complexity, cscore, notes = _complexity(
-        user, task_type, tokens, code_lines, items, bias, cues
-    )
+    x = _complexity_features(user, task_type, tokens, code_lines, items, bias, cues)
+    complexity, cscore, notes = _cx.decide(x, tokens)
     reasons.append(
         f"complexity {complexity} (score {cscore:+.1f}"
         + (f": {'; '.join(notes)}" if notes else "")

@@ -17,10 +17,9 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
-from .redis_server import RedisServer, _free_port, find_redis_server
+from .redis_server import RedisServer, _free_port, _StartsOnEnter, find_redis_server
 
 __all__ = ["RedisClusterServer", "RedisSentinelServer", "free_cluster_port"]
 
@@ -30,9 +29,7 @@ SLOTS = 16384
 def free_cluster_port() -> int:
     """A free loopback port whose cluster bus port (`port + 10000`) is free too."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = _free_port()
         if port + 10000 > 65535:
             port -= 20000  # ephemeral ports are high: try the same offset lower down
         try:
@@ -97,7 +94,7 @@ def _info(raw: Any) -> dict[str, str]:
     return out
 
 
-class RedisClusterServer:
+class RedisClusterServer(_StartsOnEnter):
     """A Redis Cluster on loopback: `primaries` primaries and `replicas` replicas of each.
 
     Args:
@@ -290,17 +287,6 @@ class RedisClusterServer:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> RedisClusterServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         up = sum(n.running for n in self.nodes)
         return (
@@ -331,7 +317,7 @@ class _SentinelProcess(RedisServer):
         return [self.binary, str(self.config), "--sentinel", "--loglevel", "warning"]
 
 
-class RedisSentinelServer:
+class RedisSentinelServer(_StartsOnEnter):
     """One primary, one replica and one Sentinel (quorum 1) on loopback.
 
     Args:
@@ -442,17 +428,6 @@ class RedisSentinelServer:
         self.sentinel.close()
         for server in self.servers:
             server.close()
-
-    def __enter__(self) -> RedisSentinelServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<RedisSentinelServer {self.service} sentinel 127.0.0.1:{self.sentinel.port}>"
