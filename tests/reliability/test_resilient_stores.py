@@ -343,7 +343,13 @@ async def test_a_redis_back_empty_does_not_shrink_the_worker_count(own_redis: Re
     the count stays at what it was, or this worker would take too large a share at the next
     outage. After that window a worker that really left is no longer counted."""
     clock = FakeClock(T0)
-    a, b = _quota(own_redis.url, clock), _quota(own_redis.url, clock)
+    # A namespace of its own: other tests' workers beat into "rs" at later fake times.
+    a, b = (
+        ResilientQuotaStore(
+            RedisQuotaStore.from_url(own_redis.url, namespace="rs-beat"), clock=clock
+        )
+        for _ in range(2)
+    )
     try:
         assert await a.beat() == 1 and await b.beat() == 2 and await a.beat() == 2
         own_redis.stop()  # no persistence: the heartbeat set is lost

@@ -39,6 +39,9 @@ class ServerStats:
     """Answers per masked key, by status."""
     faults: dict[str, int] = field(default_factory=dict)
     """Injected faults: `5xx`, `498`, `spike`, `stream_error`."""
+    arrived: int = 0
+    """Chat requests received, counted on arrival (before any injected latency): a test can
+    wait until a call is on the wire."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (string keys; organisations nest their models)."""
@@ -77,6 +80,11 @@ class StatsRecorder:
             self._pairs: dict[tuple[str, str], list[int]] = {}
             self._by_key: dict[str, Counter[int]] = {}
             self._faults: Counter[str] = Counter()
+            self._arrived = 0
+
+    def arrival(self) -> None:
+        with self._lock:
+            self._arrived += 1
 
     def answered(self, status: int, key_label: str | None) -> None:
         with self._lock:
@@ -113,4 +121,5 @@ class StatsRecorder:
                 by_org_model={k: OrgModelStats(*v) for k, v in self._pairs.items()},
                 by_key={k: dict(v) for k, v in self._by_key.items()},
                 faults=dict(self._faults),
+                arrived=self._arrived,
             )

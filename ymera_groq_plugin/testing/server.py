@@ -549,6 +549,7 @@ class GroqTestServer:
     async def _chat(self, request: Request) -> Response:
         request_id = new_request_id()
         label: str | None = None
+        self._stats.arrival()
         try:
             org, label = self._auth(request)
             response = await self._serve_chat(request, org, request_id)
