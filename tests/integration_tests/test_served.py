@@ -237,6 +237,14 @@ def test_other_models_answer_only_on_the_opt_in(
     assert kw.engine is not None and kw.engine.settings.allow_model_fallback is True
 
 
+def _at_most_one_404_per_org(fours: dict[tuple[str, str], int], model: str) -> None:
+    """At least one 404 and at most one per organisation: the listing the first 404 asks for
+    may arrive before the request reaches the other organisation (on a slow machine), and then
+    spares it its 404."""
+    assert fours and set(fours) <= {("org_1", model), ("org_2", model)}
+    assert all(n == 1 for n in fours.values())
+
+
 def test_a_pinned_model_gone_from_every_org_goes_to_its_successor(
     make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -251,10 +259,11 @@ def test_a_pinned_model_gone_from_every_org_goes_to_its_successor(
         answer = llm.invoke("second")
     assert answer.response_metadata["model_name"] == A  # OLD's successor
     assert any(OLD in r.getMessage() and "instead" in r.getMessage() for r in caplog.records)
-    assert rig.four_oh_fours() == {("org_1", OLD): 1, ("org_2", OLD): 1}
+    fours = rig.four_oh_fours()
+    _at_most_one_404_per_org(fours, OLD)
     for i in range(5):
         assert llm.invoke(f"again {i}").response_metadata["model_name"] == A
-    assert rig.four_oh_fours() == {("org_1", OLD): 1, ("org_2", OLD): 1}
+    assert rig.four_oh_fours() == fours
 
 
 def test_without_serve_successor_a_gone_pinned_model_is_a_typed_error(
@@ -269,7 +278,7 @@ def test_without_serve_successor_a_gone_pinned_model_is_a_typed_error(
         llm.invoke("gone")
     with pytest.raises(ModelRetiredError):
         llm.invoke("still gone")  # refused before any call now
-    assert rig.four_oh_fours() == {("org_1", OLD): 1, ("org_2", OLD): 1}
+    _at_most_one_404_per_org(rig.four_oh_fours(), OLD)
 
 
 # ---------------------------------------------------------------------------------------------
