@@ -92,7 +92,12 @@ async def _calibrate(server: GroqTestServer, data_dir: Path) -> tuple[float, flo
     """
     server.configure_faults(FaultConfig())
     engine = make_engine(
-        server.base_url, data_dir, clock=time.time, request_timeout=HANG, cache_enabled=False
+        server.base_url,
+        data_dir,
+        clock=time.time,
+        request_timeout=HANG,
+        cache_enabled=False,
+        allow_model_fallback=True,
     )
     async with closing(engine):
         outcomes = await _wave(engine, 10_000, 60)
@@ -115,6 +120,9 @@ async def test_faults_give_answers_or_typed_errors_in_time(tmp_path: Path) -> No
             max_retries=MAX_RETRIES,
             max_wait=MAX_WAIT,
             cache_enabled=False,
+            # Pinned requests that may move on (the opt-in): the waves spend more than one
+            # model's RPM, as they did before a pinned model meant that model only.
+            allow_model_fallback=True,
         )
         budget = engine.budget
         async with closing(engine):
@@ -175,6 +183,9 @@ async def test_a_storm_longer_than_the_wait_gives_quota_exhausted(tmp_path: Path
             request_timeout=timeout,
             max_wait=0.5,
             cache_enabled=False,
+            # Pinned requests that may move on (the opt-in): the waves spend more than one
+            # model's RPM, as they did before a pinned model meant that model only.
+            allow_model_fallback=True,
         )
         async with closing(engine):
             server.start_429_storm(30)
