@@ -421,6 +421,34 @@ class RedisSentinelServer(_StartsOnEnter):
         _wait(_quiet(switched), "the Sentinel to switch", timeout)
         return self.master_port()
 
+    def settled(self, old_port: int) -> bool:
+        """The Sentinel has finished moving the primary away from `old_port`: it names another
+        port, that server says it is a primary, and the Sentinel's record of the service carries
+        no down or failover flag. Until then redis-py's `discover_master`, which reads those
+        flags, answers `MasterNotFoundError` although `get-master-addr-by-name` already names
+        the new port."""
+        port = self.master_port()
+        if port == old_port:
+            return False
+        if _info(_call(port, "INFO", "replication")).get("role") != "master":
+            return False
+        raw = _call(self.sentinel.port, "SENTINEL", "MASTER", self.service)
+        if isinstance(raw, dict):
+            record = {_text(k): _text(v) for k, v in raw.items()}
+        else:
+            items = [_text(v) for v in raw]
+            record = dict(zip(items[::2], items[1::2], strict=False))
+        return record.get("flags") == "master"
+
+    def wait_promoted(self, old_port: int, timeout: float = 60.0) -> int:
+        """Wait until `settled(old_port)`; returns the new primary's port."""
+        _wait(
+            _quiet(lambda: self.settled(old_port)),
+            "the Sentinel to settle on a new primary",
+            timeout,
+        )
+        return self.master_port()
+
     def flushall(self) -> None:
         _call(self.master_port(), "FLUSHALL")
 
