@@ -14,28 +14,15 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import ymera_groq_plugin
 
 PACKAGE = Path(ymera_groq_plugin.__file__).resolve().parent
 ROOT = PACKAGE.name
 
-KNOWN = frozenset(
-    {
-        frozenset(
-            {
-                f"{ROOT}.keys",
-                f"{ROOT}.quota",
-                f"{ROOT}.storage.memory",
-                f"{ROOT}.storage.resilient",
-            }
-        )
-    }
-)
-"""Cycles still to remove (issue 15: bucket arithmetic moves next to its records in
-`storage/`, `KeyPool` receives its store). A cycle not listed here fails the first test;
-removing this one makes the strict xfail below pass, which fails until it is deleted here."""
+KNOWN: frozenset[frozenset[str]] = frozenset()
+"""Cycles still to remove: none (issue 15 moved the bucket arithmetic next to its records in
+`storage/buckets.py` and made `KeyPool` receive its store). A cycle added later fails both tests
+below; list it here only with an issue that removes it."""
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -145,6 +132,7 @@ def _describe(component: frozenset[str], graph: dict[str, set[str]]) -> str:
             break
         path.append(fresh[0])
         seen.add(fresh[0])
+
     def short(name: str) -> str:
         return name.removeprefix(f"{ROOT}.")
 
@@ -162,9 +150,7 @@ def test_the_graph_sees_deferred_imports_and_skips_type_checking_ones() -> None:
     # `from . import x` and `from .pkg import module` reach the module itself.
     assert f"{ROOT}.cache.codec" in graph[f"{ROOT}.engine"] | graph[f"{ROOT}.cache"]
     # Detection itself works on a known cycle.
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
-        frozenset({"a", "b", "c"})
-    ]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
 
 
 def test_no_import_cycle_beyond_the_known_one() -> None:
@@ -173,12 +159,25 @@ def test_no_import_cycle_beyond_the_known_one() -> None:
     assert not new, "import cycles:\n" + "\n".join(_describe(c, graph) for c in new)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one cycle remains: keys → storage.memory → quota → storage.resilient → "
-    "storage.memory (bucket arithmetic still lives in quota.py; issue 15)",
-)
 def test_no_import_cycle_at_all() -> None:
     graph = import_graph()
     found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(_describe(c, graph) for c in found)
+
+
+def test_storage_imports_nothing_above_it_but_leaf_modules() -> None:
+    # The stores are the bottom layer: the quota ledger, the key pool and the engine build on
+    # them, never the reverse. Outside `storage`, they may reach only modules that import
+    # nothing of the package themselves (errors, types, clock).
+    graph = import_graph()
+    storage = f"{ROOT}.storage"
+    inside = {m for m in graph if m == storage or m.startswith(storage + ".")}
+    reached, todo = set(), list(inside)
+    while todo:
+        for target in graph[todo.pop()]:
+            if target not in reached and target not in inside:
+                reached.add(target)
+                todo.append(target)
+    assert f"{ROOT}.storage.buckets" in inside and f"{ROOT}.types" in reached
+    upward = {m: sorted(graph[m]) for m in reached if graph[m]}
+    assert not upward, f"storage reaches modules that import the package: {upward}"

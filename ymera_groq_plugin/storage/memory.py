@@ -2,7 +2,7 @@
 
 State lives in dictionaries of this process; the event loop that calls them is the only writer,
 so no operation needs a lock (none awaits in the middle). The quota arithmetic is the pure
-functions of `ymera_groq_plugin.quota`, the same formulas the Redis scripts run.
+functions of `storage.buckets`, the same formulas the Redis scripts run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from ..quota import Bucket, empty_state, settle_bucket, snapshot, try_reserve
+from .buckets import Bucket, empty_state, settle_bucket, snapshot, try_reserve
 from .quota_base import (
     KEY_FIELDS,
     KeyRecord,

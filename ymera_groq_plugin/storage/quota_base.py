@@ -7,7 +7,7 @@ and which configured organisations turned out to share one budget.
 
 Both are shared by every process that uses the same backend (Redis), so a 429 seen by one
 worker, or a limit learned by it, changes what every worker does. The arithmetic lives in
-`ymera_groq_plugin.quota` (pure functions); a store only keeps the records and applies that
+`storage.buckets` (pure functions); a store only keeps the records and applies that
 arithmetic atomically: the in-memory store calls the functions, the Redis store runs the same
 formulas in one Lua script per operation.
 """

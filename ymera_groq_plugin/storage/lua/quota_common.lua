@@ -1,8 +1,8 @@
 -- Shared prelude of quota_reserve.lua and quota_settle.lua: one (organisation, model)'s
 -- four buckets.
--- The formulas are those of ymera_groq_plugin/quota.py (drain, room_wait, settle_bucket,
--- apply_observation), in the same order of operations, so both backends compute the same
--- numbers. `now` always comes from the caller: the scripts never read a clock.
+-- The formulas are those of ymera_groq_plugin/storage/buckets.py (drain, room_wait,
+-- settle_bucket, apply_observation), in the same order of operations, so both backends compute
+-- the same numbers. `now` always comes from the caller: the scripts never read a clock.
 --
 -- Arguments: ARGV[1] is the reservation id; ARGV[2] packs every number into one
 -- space-separated string ('-' for "none"), because each extra argument costs the client more
