@@ -32,6 +32,7 @@ from typing import Literal
 from .clock import Clock
 from .config import ApiKey
 from .errors import ConfigurationError
+from .storage import store_from_url
 from .storage.quota_base import KeyRecord, KeyStates, KeyStateStore, Report
 from .types import RateLimits
 
@@ -98,7 +99,9 @@ class KeyPool:
 
     Args:
         keys: The configured keys (labels must be unique).
-        store: Where health and merges are shared; default: this process only.
+        store: Where health and merges are shared (the quota manager passes the one
+            `storage.resilient_store_from_url` chose); default: the `memory://` store, this
+            process only.
         clock: Wall-clock seconds.
         refresh_interval: Seconds between reloads of the shared state (other processes'
             findings arrive within this delay; this process's own apply at once).
@@ -129,9 +132,7 @@ class KeyPool:
         if len(set(labels)) != len(labels):
             raise ConfigurationError("Key labels must be unique", setting="api_keys")
         if store is None:
-            from .storage.memory import MemoryKeyStateStore
-
-            store = MemoryKeyStateStore()
+            store = store_from_url("keys", "memory://")
         self._keys: tuple[ApiKey, ...] = tuple(keys)
         self._order = {k.label: i for i, k in enumerate(self._keys)}
         self._store = store

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .errors import ConfigurationError, InvalidRequestError
+from .storage import resilient_store_from_url
 from .storage.learning_base import (
     LearningEvent,
     LearningStore,
@@ -293,20 +294,17 @@ class Learner:
         """The learner for a configuration: Redis when `redis_url` is set (buffered locally
         while Redis is unreachable, see `storage.resilient`), else SQLite at
         `data_dir/learning.db`; the settings' namespace and exploration rate."""
-        from .storage import store_from_url
-
-        store: LearningStore
         if settings.redis_url:
-            from .storage.resilient import ResilientLearningStore
-
-            store = ResilientLearningStore(
-                store_from_url("learning", settings.redis_url, namespace=settings.namespace),
-                clock=clock,
-                remember=settings.learning_recent_max,
-            )
+            url = settings.redis_url
         else:
-            path = Path(settings.data_dir).expanduser().resolve() / "learning.db"
-            store = store_from_url("learning", f"sqlite:///{path}", namespace=settings.namespace)
+            url = f"sqlite:///{Path(settings.data_dir).expanduser().resolve() / 'learning.db'}"
+        store = resilient_store_from_url(
+            "learning",
+            url,
+            namespace=settings.namespace,
+            clock=clock,
+            remember=settings.learning_recent_max,
+        )
         return cls(store, exploration_rate=settings.exploration_rate, clock=clock)
 
     def __repr__(self) -> str:

@@ -53,6 +53,7 @@ from .errors import (
 )
 from .headers import parse_error_text
 from .keys import KeyPool
+from .storage import resilient_store_from_url
 from .storage.buckets import (
     MARGIN,
     Bucket,
@@ -475,20 +476,14 @@ class QuotaManager:
     ) -> QuotaManager:
         """Build from settings: in-memory stores without `redis_url`, else Redis ones under
         `settings.namespace`, each wrapped so that an outage of Redis falls back to a
-        conservative local share of every budget (`storage.resilient`)."""
-        from .storage import store_from_url
-        from .storage.resilient import ResilientKeyStateStore, ResilientQuotaStore
-
+        conservative local share of every budget (`storage.resilient_store_from_url`)."""
         url = settings.redis_url or "memory://"
+        ns = settings.namespace
         return cls(
             settings.api_keys,
             catalog,
-            quota_store=ResilientQuotaStore.wrap(
-                store_from_url("quota", url, namespace=settings.namespace), clock=clock
-            ),
-            key_store=ResilientKeyStateStore.wrap(
-                store_from_url("keys", url, namespace=settings.namespace), clock=clock
-            ),
+            quota_store=resilient_store_from_url("quota", url, namespace=ns, clock=clock),
+            key_store=resilient_store_from_url("keys", url, namespace=ns, clock=clock),
             clock=clock,
             alert_thresholds=settings.alert_thresholds,
         )

@@ -1,8 +1,8 @@
 """One contract for `QuotaStore` and `KeyStateStore`, run against memory and a real Redis.
 
 Both backends must behave identically: the in-memory store calls the arithmetic of
-`ymera_groq_plugin.quota`, the Redis store runs the same formulas in Lua. The last test replays
-one long random operation sequence on both and compares every number exactly.
+`ymera_groq_plugin.storage.buckets`, the Redis store runs the same formulas in Lua. The last test
+replays one long random operation sequence on both and compares every number exactly.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.utils import all_backends, redis_url_for
-from ymera_groq_plugin.storage import store_from_url
+from ymera_groq_plugin.errors import ConfigurationError
+from ymera_groq_plugin.storage import resilient_store_from_url, store_from_url
 from ymera_groq_plugin.storage.memory import MemoryKeyStateStore, MemoryQuotaStore
 from ymera_groq_plugin.storage.quota_base import (
     KeyRecord,
@@ -26,7 +28,14 @@ from ymera_groq_plugin.storage.quota_base import (
     QuotaStore,
     Report,
 )
+from ymera_groq_plugin.storage.redis_learning import RedisLearningStore
 from ymera_groq_plugin.storage.redis_quota import RedisKeyStateStore, RedisQuotaStore
+from ymera_groq_plugin.storage.resilient import (
+    ResilientKeyStateStore,
+    ResilientLearningStore,
+    ResilientQuotaStore,
+)
+from ymera_groq_plugin.storage.sqlite_learning import SqliteLearningStore
 
 T0 = 1_800_000_000.0
 LIMITS: Limits = (3, 100, 100, 1000)  # rpm, rpd, tpm, tpd
@@ -458,3 +467,35 @@ async def test_registry_builds_the_named_classes(redis_url: str) -> None:
     finally:
         await q.aclose()
         await k.aclose()
+
+
+@pytest.mark.redis
+async def test_components_get_redis_behind_its_fallback_and_local_stores_bare(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # One place chooses memory, a file, or Redis wrapped by `storage.resilient`.
+    assert isinstance(
+        resilient_store_from_url("quota", "memory://", namespace="n2"), MemoryQuotaStore
+    )
+    assert isinstance(
+        resilient_store_from_url("keys", "memory://", namespace="n2"), MemoryKeyStateStore
+    )
+    sqlite = resilient_store_from_url(
+        "learning", f"sqlite:///{tmp_path}/l.db", namespace="n2", remember=7
+    )
+    q = resilient_store_from_url("quota", redis_url, namespace="n2", clock=lambda: T0)
+    k = resilient_store_from_url("keys", redis_url, namespace="n2")
+    learning = resilient_store_from_url("learning", redis_url, namespace="n2", remember=7)
+    try:
+        assert isinstance(sqlite, SqliteLearningStore)
+        assert isinstance(q, ResilientQuotaStore) and isinstance(q.primary, RedisQuotaStore)
+        assert isinstance(k, ResilientKeyStateStore) and isinstance(k.primary, RedisKeyStateStore)
+        assert isinstance(learning, ResilientLearningStore)
+        assert isinstance(learning.primary, RedisLearningStore)
+        assert learning._remember_n == 7  # the wrapper's options reach the wrapper
+        assert q._clock() == T0
+    finally:
+        for store in (sqlite, q, k, learning):
+            await store.aclose()
+    with pytest.raises(ConfigurationError):
+        resilient_store_from_url("quota", "sqlite:///x.db", namespace="n2")
