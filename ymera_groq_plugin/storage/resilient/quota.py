@@ -68,12 +68,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
-from ..clock import Clock
-from ..errors import StorageError
-from ..types import Execution
-from .learning_base import LearningEvent, LearningStore
-from .memory import MemoryKeyStateStore, MemoryQuotaStore
-from .quota_base import (
+from ...clock import Clock
+from ...errors import StorageError
+from ...types import Execution
+from ..learning_base import LearningEvent, LearningStore
+from ..memory import MemoryKeyStateStore, MemoryQuotaStore
+from ..quota_base import (
     KEY_FIELDS,
     NO_LIMITS,
     WINDOWS,
