@@ -29,6 +29,7 @@ KNOWN = frozenset(
                 f"{ROOT}.quota",
                 f"{ROOT}.storage.memory",
                 f"{ROOT}.storage.resilient",
+                f"{ROOT}.storage.resilient.keys",
                 f"{ROOT}.storage.resilient.quota",
             }
         )
