@@ -178,23 +178,9 @@ class FallbackStore:
     _fb: Fallback
 
     @property
-    def breaker(self) -> CircuitBreaker:
-        return self._fb.breaker
-
-    @property
     def degraded(self) -> bool:
         """Whether calls are being served locally now."""
         return self._fb.degraded
-
-    @property
-    def outages(self) -> int:
-        """Times the primary became unreachable."""
-        return self._fb.outages
-
-    @property
-    def recoveries(self) -> int:
-        """Times it came back and was brought up to date."""
-        return self._fb.recoveries
 
     @property
     def last_error(self) -> str | None:

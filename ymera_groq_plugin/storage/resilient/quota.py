@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
+from ...breaker import CircuitBreaker
 from ...clock import Clock
 from ...errors import StorageError
 from ..memory import MemoryQuotaStore
@@ -218,6 +219,20 @@ class ResilientQuotaStore(FallbackStore):
         if not getattr(primary, "shared", True):
             return primary
         return cls(primary, **kwargs)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._fb.breaker
+
+    @property
+    def outages(self) -> int:
+        """Times the primary became unreachable."""
+        return self._fb.outages
+
+    @property
+    def recoveries(self) -> int:
+        """Times it came back and the ledger was reconciled."""
+        return self._fb.recoveries
 
     @property
     def share(self) -> float:
