@@ -26,10 +26,10 @@ from ._portal import get_portal
 from .cache import codec
 
 if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
     from .cache import TieredCache
     from .cache.base import CacheStore
     from .cache.lru import LRUCache
-    from .cache.stats import CircuitBreaker
     from .engine import Engine
 
 __all__ = ["TieredLiteLLMCache", "litellm_cache"]

@@ -57,15 +57,15 @@ def test_the_breaker_doubles_up_to_its_cap() -> None:
     clock = FakeClock(T0)
     b = Breaker(clock, retry_after=1, max_retry_after=5)
     assert b.closed and b.state == "closed"
-    assert b.trip() and not b.closed and not b.due()
+    assert b.failure() and not b.closed and not b.due()
     clock.advance(1)
     assert b.due() and b.state == "half-open"
-    assert not b.trip()  # already open: no new outage
+    assert not b.failure()  # already open: no new outage
     assert b.open_until == pytest.approx(clock() + 2)
-    b.trip()
-    b.trip()
+    b.failure()
+    b.failure()
     assert b.open_until == pytest.approx(clock() + 5)
-    b.reset()
+    b.success()
     assert b.closed
 
 

@@ -1,8 +1,7 @@
-"""Per-tier statistics and the circuit breaker that keeps a failing tier out of the way.
+"""Per-tier statistics; the circuit breaker that keeps a failing tier out of the way is the
+package's one breaker (`ymera_groq_plugin.breaker`), re-exported here.
 
-Both are small, thread-safe and clock-injected: counters are bumped from callers' threads and
-from the portal; the breaker reads the tiered cache's clock, so tests open and close it by
-advancing a fake clock.
+Counters are small and thread-safe: they are bumped from callers' threads and from the portal.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..clock import Clock
+from ..breaker import CircuitBreaker
 
 __all__ = ["CircuitBreaker", "TierStats", "hit_rate"]
 
@@ -76,56 +75,3 @@ class TierStats:
             "skipped": self.skipped,
             "corrupt": self.corrupt,
         }
-
-
-class CircuitBreaker:
-    """Closed until a failure; then open for `retry_after` seconds, doubling per consecutive
-    failure up to `max_retry_after`; then one trial call decides (half-open).
-
-    Args:
-        clock: Wall clock.
-        retry_after: Seconds the first failure keeps the tier out.
-        max_retry_after: Cap of the doubling.
-    """
-
-    def __init__(
-        self, clock: Clock, *, retry_after: float = 5.0, max_retry_after: float = 60.0
-    ) -> None:
-        self._clock = clock
-        self.retry_after = retry_after
-        self.max_retry_after = max_retry_after
-        self._lock = threading.Lock()
-        self.failures = 0
-        self.open_until: float | None = None
-
-    def allow(self) -> bool:
-        """Whether to use the tier now (closed, or open but due for a trial)."""
-        open_until = self.open_until
-        return open_until is None or self._clock() >= open_until
-
-    @property
-    def state(self) -> str:
-        """`"closed"`, `"open"` or `"half-open"` (due for a trial)."""
-        if self.open_until is None:
-            return "closed"
-        return "half-open" if self._clock() >= self.open_until else "open"
-
-    def success(self) -> bool:
-        """Record a success; whether this closed an open breaker."""
-        with self._lock:
-            was_open = self.open_until is not None
-            self.failures = 0
-            self.open_until = None
-            return was_open
-
-    def failure(self) -> bool:
-        """Record a failure and (re)open; whether the breaker was closed before."""
-        with self._lock:
-            was_closed = self.open_until is None
-            self.failures += 1
-            wait = min(self.max_retry_after, self.retry_after * 2 ** (self.failures - 1))
-            self.open_until = self._clock() + wait
-            return was_closed
-
-    def __repr__(self) -> str:
-        return f"<CircuitBreaker {self.state} failures={self.failures}>"

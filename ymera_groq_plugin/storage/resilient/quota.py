@@ -1,17 +1,6 @@
-"""Stores that keep serving while Redis is away, and catch up when it is back.
+"""Quota while Redis is away (`ResilientQuotaStore`).
 
-Quota, key health and learning live in Redis when several processes share them. Redis can go
-away (a restart, a network cut); the package must not. Each `Resilient*Store` here wraps the
-Redis store (the *primary*) with a local stand-in and a `Breaker` on the injected clock:
-
-- **closed**: every call goes to the primary; the first `StorageError` opens the breaker and
-  that call is served locally instead, so a caller never sees the outage.
-- **open**: calls are served locally; once `retry_after` has passed (doubling per failed try up
-  to `max_retry_after`), one background task probes the primary and *reconciles* (below). It
-  never runs on a caller's path, so a dead Redis costs requests no latency.
-- back to **closed** once the reconcile went through.
-
-**Quota** (`ResilientQuotaStore`). While Redis is up, every process records a heartbeat in it
+While Redis is up, every process records a heartbeat in it
 (`RedisQuotaStore.heartbeat`), so each knows how many workers share the budgets. When it goes
 away, each process falls back to a conservative *share* of every (organisation, model) budget:
 `safety / workers` of the limits, seeded from the last state Redis reported (consumed plus
@@ -44,195 +33,29 @@ Then, for a grace period (a minute window plus the longest retry interval, so ev
 process has seen Redis back and reconciled too), a reservation needs room both in the shared
 ledger and in this process's share: until the last worker has pushed what it used, the shared
 ledger may not know all of it.
-
-**Key health** (`ResilientKeyStateStore`): the last records read stay in force; changes made
-meanwhile (a key disabled after 401, a merge) apply at once here and are written to Redis when
-it is back; failure counts are kept locally.
-
-**Learning** (`ResilientLearningStore`): executions, feedback and imports are buffered in order
-and flushed once Redis is back, so none is lost (unless the buffer bound is reached; then the
-oldest go and are counted). Feedback for an execution this process recorded works meanwhile;
-other processes' evidence simply arrives late.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import os
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
-from ..clock import Clock
-from ..errors import StorageError
-from ..types import Execution
-from .learning_base import LearningEvent, LearningStore
-from .memory import MemoryKeyStateStore, MemoryQuotaStore
-from .quota_base import (
-    KEY_FIELDS,
-    NO_LIMITS,
-    WINDOWS,
-    KeyStates,
-    KeyStateStore,
-    Limits,
-    Observation,
-    QuotaState,
-    QuotaStore,
-    Report,
-)
+from ...breaker import CircuitBreaker
+from ...clock import Clock
+from ...errors import StorageError
+from ..memory import MemoryQuotaStore
+from ..quota_base import NO_LIMITS, WINDOWS, Limits, Observation, QuotaState, QuotaStore
+from .fallback import Fallback, FallbackStore
 
-__all__ = [
-    "Breaker",
-    "ResilientKeyStateStore",
-    "ResilientLearningStore",
-    "ResilientQuotaStore",
-]
+__all__ = ["ResilientQuotaStore"]
 
 logger = logging.getLogger(__name__)
-
-
-class Breaker:
-    """Closed while the primary answers; open for a while after it failed.
-
-    Args:
-        clock: Wall clock.
-        retry_after: Seconds after the first failure before the primary is tried again.
-        max_retry_after: Cap of the doubling per consecutive failure.
-    """
-
-    def __init__(
-        self, clock: Clock, *, retry_after: float = 1.0, max_retry_after: float = 30.0
-    ) -> None:
-        self._clock = clock
-        self.retry_after = retry_after
-        self.max_retry_after = max_retry_after
-        self.failures = 0
-        self.open_until: float | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.open_until is None
-
-    def due(self) -> bool:
-        """Open, and time to try the primary again."""
-        return self.open_until is not None and self._clock() >= self.open_until
-
-    def trip(self) -> bool:
-        """Record a failure and (re)open; whether the breaker was closed before."""
-        was_closed = self.open_until is None
-        self.failures += 1
-        wait = min(self.max_retry_after, self.retry_after * 2 ** (self.failures - 1))
-        self.open_until = self._clock() + wait
-        return was_closed
-
-    def reset(self) -> None:
-        self.failures = 0
-        self.open_until = None
-
-    @property
-    def state(self) -> str:
-        if self.open_until is None:
-            return "closed"
-        return "half-open" if self._clock() >= self.open_until else "open"
-
-    def __repr__(self) -> str:
-        return f"<Breaker {self.state} failures={self.failures}>"
-
-
-class _Fallback:
-    """The breaker and background recovery every resilient store shares."""
-
-    _what = "store"
-
-    def __init__(self, clock: Clock, retry_after: float, max_retry_after: float) -> None:
-        self._clock = clock
-        self.breaker = Breaker(clock, retry_after=retry_after, max_retry_after=max_retry_after)
-        self._recovering: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.outages = 0
-        """Times the primary became unreachable."""
-        self.recoveries = 0
-        """Times it came back and was brought up to date."""
-        self.last_error: str | None = None
-        """What made it unreachable last (`"<operation>: <error type>: <message>"`), e.g. a
-        cluster primary's `ConnectionError` before its replica took over, or Sentinel's
-        `MasterNotFoundError` during a switch."""
-
-    @property
-    def degraded(self) -> bool:
-        """Whether calls are being served locally now."""
-        return not self.breaker.closed
-
-    def _failed(self, operation: str, exc: BaseException) -> None:
-        self.last_error = f"{operation}: {exc}"[:300]
-        if self.breaker.trip():
-            self.outages += 1
-            logger.warning(
-                "Redis %s unreachable (%s failed: %s); serving locally, retrying in %.1f s",
-                self._what,
-                operation,
-                exc,
-                self.breaker.retry_after,
-            )
-
-    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def _maybe_recover(self) -> None:
-        """Start one background recovery when the breaker is due (never on a caller's path)."""
-        busy = self._recovering is not None and not self._recovering.done()
-        if busy or not self.breaker.due():
-            return
-        self._recovering = self._spawn(self._recover_guarded())
-
-    async def _recover_guarded(self) -> None:
-        try:
-            await self._recover()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.breaker.trip()
-            logger.debug("Redis %s still unreachable: %s", self._what, exc)
-            return
-        self.breaker.reset()
-        self.recoveries += 1
-        logger.warning("Redis %s is back; the shared state is up to date again", self._what)
-        self._closed()
-
-    async def _recover(self) -> None:
-        raise NotImplementedError
-
-    def _closed(self) -> None:
-        """Called right after the breaker closed (no await in between)."""
-
-    async def recover(self) -> bool:
-        """Try the primary now, whatever the breaker says (tests, shutdown); whether it is
-        back and up to date."""
-        if self.breaker.closed:
-            return True
-        if self._recovering is not None and not self._recovering.done():
-            await asyncio.shield(self._recovering)
-        else:
-            self._recovering = self._spawn(self._recover_guarded())
-            await asyncio.shield(self._recovering)
-        return self.breaker.closed
-
-    async def _close_tasks(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-# -- quota ----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -305,7 +128,7 @@ def _project_levels(state: QuotaState, now: float) -> list[float]:
     return out
 
 
-class ResilientQuotaStore:
+class ResilientQuotaStore(FallbackStore):
     """A `QuotaStore` that serves a conservative local share of each budget while its
     primary (Redis) is unreachable, and reconciles when it is back (see the module docstring).
 
@@ -348,7 +171,16 @@ class ResilientQuotaStore:
             raise ValueError("safety must be in (0, 1]")
         self.grace = 60.0 + max_retry_after if grace is None else grace
         self._grace_until = -math.inf
-        self._fb = _QuotaFallback(self, clock, retry_after, max_retry_after)
+        self._fb = Fallback(
+            "quota store",
+            clock,
+            retry_after,
+            max_retry_after,
+            recover=self._reconcile,
+            on_open=self._fell_back,
+            on_close=self._recovered,
+        )
+        self._rest: _Work | None = None
         self.primary = primary
         self.local = MemoryQuotaStore()
         self._clock = clock
@@ -389,25 +221,18 @@ class ResilientQuotaStore:
         return cls(primary, **kwargs)
 
     @property
-    def breaker(self) -> Breaker:
+    def breaker(self) -> CircuitBreaker:
         return self._fb.breaker
 
     @property
-    def degraded(self) -> bool:
-        """Whether reservations are being served from the local share now."""
-        return self._fb.degraded
-
-    @property
     def outages(self) -> int:
+        """Times the primary became unreachable."""
         return self._fb.outages
 
     @property
     def recoveries(self) -> int:
+        """Times it came back and the ledger was reconciled."""
         return self._fb.recoveries
-
-    @property
-    def last_error(self) -> str | None:
-        return self._fb.last_error
 
     @property
     def share(self) -> float:
@@ -417,26 +242,23 @@ class ResilientQuotaStore:
     async def recover(self) -> bool:
         """Try the primary now; whether it is back and the ledger reconciled."""
         back = await self._fb.recover()
-        if self._fb._tasks:
-            await asyncio.gather(*list(self._fb._tasks), return_exceptions=True)
+        await self._fb.drain()
         return back and self.breaker.closed
 
     # -- the primary's calls -----------------------------------------------------------------
 
-    def _trip(self, operation: str, exc: BaseException) -> None:
-        was_closed = self.breaker.closed
-        self._fb._failed(operation, exc)
-        if was_closed:
-            workers = self.workers or self.assumed_workers
-            self._share = self.safety / workers
-            self._episode += 1
-            self._seeded.clear()
-            self._grace_until = -math.inf
-            logger.warning(
-                "Quota falls back to %.0f%% of each budget (%d workers seen) until Redis is back",
-                self._share * 100,
-                workers,
-            )
+    def _fell_back(self) -> None:
+        """The breaker just opened: from now on, this process keeps to its share."""
+        workers = self.workers or self.assumed_workers
+        self._share = self.safety / workers
+        self._episode += 1
+        self._seeded.clear()
+        self._grace_until = -math.inf
+        logger.warning(
+            "Quota falls back to %.0f%% of each budget (%d workers seen) until Redis is back",
+            self._share * 100,
+            workers,
+        )
 
     def _remember(self, org: str, model: str, state: QuotaState, defaults: Limits) -> None:
         self._known[(org, model)] = state
@@ -446,13 +268,13 @@ class ResilientQuotaStore:
         if not self._beating and now - self._last_beat >= self.heartbeat_interval:
             self._beating = True
             self._last_beat = now
-            self._fb._spawn(self._beat(now))
+            self._fb.spawn(self._beat(now))
 
     async def _beat(self, now: float) -> None:
         try:
             await self.beat(now)
         except StorageError as exc:
-            self._trip("heartbeat", exc)
+            self._fb.failed("heartbeat", exc)
         finally:
             self._beating = False
 
@@ -493,7 +315,11 @@ class ResilientQuotaStore:
             known = self._known.get(pair)
             if known is None:
                 self.local.seed(
-                    org, model, levels=(0.0, 0.0, 0.0, 0.0), learned=NO_LIMITS, cool_until=0.0,
+                    org,
+                    model,
+                    levels=(0.0, 0.0, 0.0, 0.0),
+                    learned=NO_LIMITS,
+                    cool_until=0.0,
                     now=now,
                 )
             else:
@@ -517,9 +343,7 @@ class ResilientQuotaStore:
         """A local share's state in the shared ledger's units (what the manager expects)."""
         k = 1.0 / self._share
         return state._replace(
-            levels=cast(
-                "tuple[float, float, float, float]", tuple(x * k for x in state.levels)
-            ),
+            levels=cast("tuple[float, float, float, float]", tuple(x * k for x in state.levels)),
             pending_requests=state.pending_requests * k,
             pending_tokens=state.pending_tokens * k,
             limits=_unscale_limits(state.limits, self._share),
@@ -668,7 +492,8 @@ class ResilientQuotaStore:
     ) -> tuple[float, QuotaState]:
         """Reserve in the primary; while it is away, in this process's share (and in both
         during the grace after a recovery)."""
-        if self.breaker.closed:
+
+        async def shared() -> tuple[float, QuotaState]:
             gated = self._in_grace(now)
             if gated:
                 # Until every process has seen Redis back, this one keeps to its share too.
@@ -677,40 +502,45 @@ class ResilientQuotaStore:
                 )
                 if lwait > 0:
                     return lwait, lstate
-            try:
-                wait, state = await self.primary.reserve(
+            # If this fails, the script may have run before the connection broke: that
+            # reservation then expires on its own (`ttl`).
+            wait, state = await self.primary.reserve(
+                org,
+                model,
+                reservation_id=reservation_id,
+                requests=requests,
+                tokens=tokens,
+                defaults=defaults,
+                now=now,
+                ttl=ttl,
+            )
+            self._remember(org, model, state, defaults)
+            if wait <= 0:
+                self._prune_held(now)
+                self._held[reservation_id] = _Held(
+                    "primary",
                     org,
                     model,
-                    reservation_id=reservation_id,
-                    requests=requests,
-                    tokens=tokens,
-                    defaults=defaults,
-                    now=now,
-                    ttl=ttl,
+                    requests,
+                    tokens,
+                    self._episode,
+                    now + ttl,
+                    gated=gated,
                 )
-            except StorageError as exc:
-                # The script may have run before the connection broke: that reservation
-                # then expires on its own (`ttl`).
-                self._trip("reserve", exc)
-            else:
-                self._remember(org, model, state, defaults)
-                if wait <= 0:
-                    self._prune_held(now)
-                    self._held[reservation_id] = _Held(
-                        "primary", org, model, requests, tokens, self._episode, now + ttl,
-                        gated=gated,
-                    )
-                elif gated:
-                    self._held.pop(reservation_id, None)
-                    self._local_settle(
-                        org, model, reservation_id, 0, 0, defaults, now, None, mark=False
-                    )
-                self._after_primary(now)
-                return wait, state
-        self._fb._maybe_recover()
-        return self._local_reserve(
-            org, model, reservation_id, requests, tokens, defaults, now, ttl
-        )
+            elif gated:
+                self._held.pop(reservation_id, None)
+                self._local_settle(
+                    org, model, reservation_id, 0, 0, defaults, now, None, mark=False
+                )
+            self._after_primary(now)
+            return wait, state
+
+        async def local() -> tuple[float, QuotaState]:
+            return self._local_reserve(
+                org, model, reservation_id, requests, tokens, defaults, now, ttl
+            )
+
+        return await self._fb.call("reserve", shared, local)
 
     async def settle(
         self,
@@ -730,38 +560,46 @@ class ResilientQuotaStore:
             return await self._settle_local_held(
                 held, reservation_id, requests, tokens, defaults, now, observation
             )
-        if self.breaker.closed:
+
+        async def shared() -> tuple[bool, QuotaState]:
             if held is not None and held.gated and self._in_grace(now, held):
                 self._local_settle(
-                    org, model, reservation_id, requests, tokens, defaults, now, observation,
-                    mark=False,
-                )
-            try:
-                found, state = await self.primary.settle(
                     org,
                     model,
-                    reservation_id=reservation_id,
-                    requests=requests,
-                    tokens=tokens,
-                    defaults=defaults,
-                    now=now,
-                    observation=observation,
+                    reservation_id,
+                    requests,
+                    tokens,
+                    defaults,
+                    now,
+                    observation,
+                    mark=False,
                 )
-            except StorageError as exc:
-                self._trip("settle", exc)
-            else:
-                self._remember(org, model, state, defaults)
-                self._after_primary(now)
-                return found, state
-        self._fb._maybe_recover()
-        self._queue(
-            _Replay(org, model, reservation_id, requests, tokens, defaults, observation), now
-        )
-        # The share sees the consumption now; the primary gets the settle itself on recovery.
-        _, state = self._local_settle(
-            org, model, None, requests, tokens, defaults, now, observation
-        )
-        return held is not None, state
+            found, state = await self.primary.settle(
+                org,
+                model,
+                reservation_id=reservation_id,
+                requests=requests,
+                tokens=tokens,
+                defaults=defaults,
+                now=now,
+                observation=observation,
+            )
+            self._remember(org, model, state, defaults)
+            self._after_primary(now)
+            return found, state
+
+        async def local() -> tuple[bool, QuotaState]:
+            self._queue(
+                _Replay(org, model, reservation_id, requests, tokens, defaults, observation), now
+            )
+            # The share sees the consumption now; the primary gets the settle itself on
+            # recovery.
+            _, state = self._local_settle(
+                org, model, None, requests, tokens, defaults, now, observation
+            )
+            return held is not None, state
+
+        return await self._fb.call("settle", shared, local)
 
     async def _settle_local_held(
         self,
@@ -778,70 +616,69 @@ class ResilientQuotaStore:
         # recovery already charged.
         extra_r = max(0.0, requests - held.requests) if held.charged else requests
         extra_t = max(0.0, tokens - held.tokens) if held.charged else tokens
-        if self.breaker.closed:
+
+        async def shared() -> tuple[bool, QuotaState]:
             if self._in_grace(now, held):
                 self._local_settle(
                     org, model, rid, requests, tokens, defaults, now, observation, mark=False
                 )
-            try:
-                _, state = await self.primary.settle(
-                    org,
-                    model,
-                    reservation_id=None,
-                    requests=extra_r,
-                    tokens=extra_t,
-                    defaults=defaults,
-                    now=now,
-                    observation=observation,
-                )
-            except StorageError as exc:
-                self._trip("settle", exc)
-            else:
-                self._remember(org, model, state, defaults)
-                return True, state
-        self._fb._maybe_recover()
-        heard = observation is not None and observation.floors[1] is not None
-        self._charge_later(org, model, 0.0 if heard else extra_r, extra_t)
-        if observation is not None and not observation.empty:
-            self._queue(_Replay(org, model, None, 0.0, 0.0, defaults, observation), now)
-        same = held.episode == self._episode
-        return self._local_settle(
-            org, model, rid if same else None, requests, tokens, defaults, now, observation
-        )
+            _, state = await self.primary.settle(
+                org,
+                model,
+                reservation_id=None,
+                requests=extra_r,
+                tokens=extra_t,
+                defaults=defaults,
+                now=now,
+                observation=observation,
+            )
+            self._remember(org, model, state, defaults)
+            return True, state
+
+        async def local() -> tuple[bool, QuotaState]:
+            heard = observation is not None and observation.floors[1] is not None
+            self._charge_later(org, model, 0.0 if heard else extra_r, extra_t)
+            if observation is not None and not observation.empty:
+                self._queue(_Replay(org, model, None, 0.0, 0.0, defaults, observation), now)
+            same = held.episode == self._episode
+            return self._local_settle(
+                org, model, rid if same else None, requests, tokens, defaults, now, observation
+            )
+
+        return await self._fb.call("settle", shared, local)
 
     async def get(self, org: str, model: str, *, defaults: Limits, now: float) -> QuotaState:
         """The buckets of (org, model): the primary's, or this process's share."""
-        if self.breaker.closed:
-            try:
-                state = await self.primary.get(org, model, defaults=defaults, now=now)
-            except StorageError as exc:
-                self._trip("get", exc)
-            else:
-                self._remember(org, model, state, defaults)
-                return state
-        self._fb._maybe_recover()
-        scaled = self._local_defaults(org, model, defaults, now)
-        return self._from_local(self.local.get_now(org, model, defaults=scaled, now=now))
+
+        async def shared() -> QuotaState:
+            state = await self.primary.get(org, model, defaults=defaults, now=now)
+            self._remember(org, model, state, defaults)
+            return state
+
+        async def local() -> QuotaState:
+            return self._local_get(org, model, defaults, now)
+
+        return await self._fb.call("get", shared, local)
 
     async def get_many(
         self, items: Sequence[tuple[str, str, Limits]], *, now: float
     ) -> list[QuotaState]:
         """`get` for several pairs (one round trip to the primary)."""
-        if self.breaker.closed:
-            try:
-                states = await self.primary.get_many(items, now=now)
-            except StorageError as exc:
-                self._trip("get", exc)
-            else:
-                for (org, model, d), st in zip(items, states, strict=True):
-                    self._remember(org, model, st, d)
-                return states
-        self._fb._maybe_recover()
-        out = []
-        for org, model, d in items:
-            scaled = self._local_defaults(org, model, d, now)
-            out.append(self._from_local(self.local.get_now(org, model, defaults=scaled, now=now)))
-        return out
+
+        async def shared() -> list[QuotaState]:
+            states = await self.primary.get_many(items, now=now)
+            for (org, model, d), st in zip(items, states, strict=True):
+                self._remember(org, model, st, d)
+            return states
+
+        async def local() -> list[QuotaState]:
+            return [self._local_get(org, model, d, now) for org, model, d in items]
+
+        return await self._fb.call("get", shared, local)
+
+    def _local_get(self, org: str, model: str, defaults: Limits, now: float) -> QuotaState:
+        scaled = self._local_defaults(org, model, defaults, now)
+        return self._from_local(self.local.get_now(org, model, defaults=scaled, now=now))
 
     async def clear(self) -> None:
         await self.local.clear()
@@ -856,7 +693,7 @@ class ResilientQuotaStore:
         return await self.primary.check()
 
     async def aclose(self) -> None:
-        await self._fb._close_tasks()
+        await self._fb.aclose()
         if self._replays or self._charges:
             logger.warning(
                 "Closing the quota store with %d settles not replayed to Redis",
@@ -920,9 +757,7 @@ class ResilientQuotaStore:
                 defaults = self._defaults.get((org, model), NO_LIMITS)
                 known = self._known.get((org, model))
                 local = work.local.get((org, model))
-                learned: list[int | None] = list(
-                    known.learned if known is not None else NO_LIMITS
-                )
+                learned: list[int | None] = list(known.learned if known is not None else NO_LIMITS)
                 cool = known.cool_until if known is not None else 0.0
                 if local is not None:
                     for i, lim in enumerate(_unscale_limits(local.learned, share)):
@@ -943,8 +778,14 @@ class ResilientQuotaStore:
                 )
                 if not obs.empty:
                     await primary.settle(
-                        org, model, reservation_id=None, requests=0, tokens=0,
-                        defaults=defaults, now=now, observation=obs,
+                        org,
+                        model,
+                        reservation_id=None,
+                        requests=0,
+                        tokens=0,
+                        defaults=defaults,
+                        now=now,
+                        observation=obs,
                     )
             for r in work.replays:
                 obs_r = r.observation
@@ -992,8 +833,14 @@ class ResilientQuotaStore:
                 )
                 if not obs.empty:
                     _, state = await primary.settle(
-                        org, model, reservation_id=None, requests=0, tokens=0,
-                        defaults=defaults, now=now, observation=obs,
+                        org,
+                        model,
+                        reservation_id=None,
+                        requests=0,
+                        tokens=0,
+                        defaults=defaults,
+                        now=now,
+                        observation=obs,
                     )
                     self._remember(org, model, state, defaults)
                 # Charges add up: once sent, one must not be sent again on a retry.
@@ -1002,8 +849,13 @@ class ResilientQuotaStore:
             for h in list(work.in_flight):
                 defaults = self._defaults.get((h.org, h.model), NO_LIMITS)
                 await primary.settle(
-                    h.org, h.model, reservation_id=None, requests=h.requests, tokens=h.tokens,
-                    defaults=defaults, now=now,
+                    h.org,
+                    h.model,
+                    reservation_id=None,
+                    requests=h.requests,
+                    tokens=h.tokens,
+                    defaults=defaults,
+                    now=now,
                 )
                 work.in_flight.remove(h)
                 self.stats["charged_in_flight"] += 1
@@ -1011,17 +863,23 @@ class ResilientQuotaStore:
             self._restore(work, done)
             raise
 
-    async def _reconcile(self) -> _Work:
-        """Bring the primary up to date; return what arrived meanwhile (to push once the
-        breaker is closed: under steady traffic, waiting for an empty backlog never ends)."""
+    async def _reconcile(self) -> None:
+        """Bring the primary up to date; keep what arrived meanwhile for `_recovered` (to
+        push once the breaker is closed: under steady traffic, waiting for an empty backlog
+        never ends)."""
         if not await self.primary.check():
             raise StorageError("redis quota: still unreachable")
         await self._push(self._snapshot())
-        rest = self._snapshot()
+        self._rest = self._snapshot()
         # No await between this snapshot and closing the breaker: nothing slips past both.
         self._grace_until = self._clock() + self.grace
         self._recounting_until = self._clock() + self.worker_window
-        return rest
+
+    def _recovered(self) -> None:
+        """The breaker just closed: push what the reconcile left, in the background."""
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            self._fb.spawn(self._catch_up(rest))
 
     async def _catch_up(self, work: _Work) -> None:
         """Push what the last pass of a recovery left (the breaker is closed already)."""
@@ -1029,7 +887,7 @@ class ResilientQuotaStore:
             await self._push(work)
             await self.beat()
         except StorageError as exc:
-            self._trip("reconcile", exc)
+            self._fb.failed("reconcile", exc)
 
 
 @dataclass(slots=True)
@@ -1045,413 +903,3 @@ class _Work:
     day_counts: dict[tuple[str, str], tuple[float, float, int | None]]
     """The requests per day Groq last counted per pair: (count, when, the limit)."""
     in_flight: list[_Held]
-
-
-class _QuotaFallback(_Fallback):
-    _what = "quota store"
-
-    def __init__(
-        self, store: ResilientQuotaStore, clock: Clock, retry_after: float, max_retry_after: float
-    ) -> None:
-        super().__init__(clock, retry_after, max_retry_after)
-        self._store = store
-        self._rest: _Work | None = None
-
-    async def _recover(self) -> None:
-        self._rest = await self._store._reconcile()
-
-    def _closed(self) -> None:
-        rest, self._rest = self._rest, None
-        if rest is not None:
-            self._spawn(self._store._catch_up(rest))
-
-
-# -- key health -----------------------------------------------------------------------------
-
-
-class ResilientKeyStateStore:
-    """A `KeyStateStore` that keeps the last known key health while its primary is away.
-
-    Changes made meanwhile (a key disabled, organisations merged) apply here at once and are
-    written to the primary, in order, when it is back. Failure counts are kept locally.
-
-    Args:
-        primary: The shared store (`RedisKeyStateStore`).
-        clock: Wall clock for the breaker.
-        retry_after: Seconds before the first retry of the primary (doubling per failure).
-        max_retry_after: Cap of the doubling.
-    """
-
-    shared = True
-
-    def __init__(
-        self,
-        primary: KeyStateStore,
-        *,
-        clock: Clock = time.time,
-        retry_after: float = 1.0,
-        max_retry_after: float = 30.0,
-    ) -> None:
-        self.primary = primary
-        self.local = MemoryKeyStateStore()
-        self._fb = _KeysFallback(self, clock, retry_after, max_retry_after)
-        self._pending: deque[tuple[str, str, Any]] = deque()
-
-    @classmethod
-    def wrap(cls, primary: KeyStateStore, **kwargs: Any) -> KeyStateStore:
-        """`primary` itself when it is local, else a wrapper."""
-        if not getattr(primary, "shared", True):
-            return primary
-        return cls(primary, **kwargs)
-
-    @property
-    def degraded(self) -> bool:
-        return self._fb.degraded
-
-    @property
-    def last_error(self) -> str | None:
-        return self._fb.last_error
-
-    async def recover(self) -> bool:
-        return await self._fb.recover()
-
-    async def load(self, labels: Sequence[str]) -> KeyStates:
-        if self._fb.breaker.closed:
-            try:
-                states = await self.primary.load(labels)
-            except StorageError as exc:
-                self._fb._failed("load", exc)
-            else:
-                self.local.mirror(labels, states)
-                return states
-        self._fb._maybe_recover()
-        return await self.local.load(labels)
-
-    async def update(self, label: str, changes: Mapping[str, str | int | float | None]) -> None:
-        unknown = set(changes) - KEY_FIELDS
-        if unknown:
-            raise ValueError(f"unknown key record fields: {sorted(unknown)}")
-        await self.local.update(label, changes)
-        if self._fb.breaker.closed:
-            try:
-                await self.primary.update(label, changes)
-                return
-            except StorageError as exc:
-                self._fb._failed("update", exc)
-        self._fb._maybe_recover()
-        self._pending.append(("update", label, dict(changes)))
-
-    async def record_failure(self, label: str, *, now: float, window: float) -> int:
-        if self._fb.breaker.closed:
-            try:
-                return await self.primary.record_failure(label, now=now, window=window)
-            except StorageError as exc:
-                self._fb._failed("record_failure", exc)
-        self._fb._maybe_recover()
-        return await self.local.record_failure(label, now=now, window=window)
-
-    async def set_alias(self, org: str, canonical: str) -> bool:
-        new = await self.local.set_alias(org, canonical)
-        if self._fb.breaker.closed:
-            try:
-                return await self.primary.set_alias(org, canonical)
-            except StorageError as exc:
-                self._fb._failed("set_alias", exc)
-        self._fb._maybe_recover()
-        self._pending.append(("alias", org, canonical))
-        return new
-
-    async def report(
-        self,
-        model: str,
-        org: str,
-        report: Report,
-        *,
-        orgs: Sequence[str],
-        window: float,
-        keep: int,
-    ) -> dict[str, list[Report]]:
-        # Reports are evidence, not state: while the primary is away, this process compares
-        # against what it sees itself.
-        if self._fb.breaker.closed:
-            try:
-                return await self.primary.report(
-                    model, org, report, orgs=orgs, window=window, keep=keep
-                )
-            except StorageError as exc:
-                self._fb._failed("report", exc)
-        self._fb._maybe_recover()
-        return await self.local.report(model, org, report, orgs=orgs, window=window, keep=keep)
-
-    async def _replay(self) -> None:
-        if not await self.primary.check():
-            raise StorageError("redis key state: still unreachable")
-        while self._pending:
-            kind, a, b = self._pending[0]
-            if kind == "update":
-                await self.primary.update(a, b)
-            else:
-                await self.primary.set_alias(a, b)
-            self._pending.popleft()
-
-    async def clear(self) -> None:
-        await self.local.clear()
-        self._pending.clear()
-        await self.primary.clear()
-
-    async def check(self) -> bool:
-        return await self.primary.check()
-
-    async def aclose(self) -> None:
-        await self._fb._close_tasks()
-        await self.primary.aclose()
-
-    def __repr__(self) -> str:
-        return f"<ResilientKeyStateStore {self.primary!r} {self._fb.breaker!r}>"
-
-
-class _KeysFallback(_Fallback):
-    _what = "key state store"
-
-    def __init__(
-        self,
-        store: ResilientKeyStateStore,
-        clock: Clock,
-        retry_after: float,
-        max_retry_after: float,
-    ) -> None:
-        super().__init__(clock, retry_after, max_retry_after)
-        self._store = store
-
-    async def _recover(self) -> None:
-        await self._store._replay()
-
-
-# -- learning -------------------------------------------------------------------------------
-
-_Op = tuple[str, tuple[Any, ...]]
-
-
-class ResilientLearningStore:
-    """A `LearningStore` that buffers what it cannot write and flushes it, in order, once its
-    primary is back.
-
-    Args:
-        primary: The shared store (`RedisLearningStore`).
-        clock: Wall clock for the breaker.
-        max_buffer: Operations kept while the primary is away (beyond it the oldest go, counted
-            in `stats["dropped"]`).
-        remember: Recent executions kept by id, so feedback works during an outage.
-        retry_after: Seconds before the first retry of the primary (doubling per failure).
-        max_retry_after: Cap of the doubling.
-    """
-
-    def __init__(
-        self,
-        primary: LearningStore,
-        *,
-        clock: Clock = time.time,
-        max_buffer: int = 100_000,
-        remember: int = 10_000,
-        retry_after: float = 1.0,
-        max_retry_after: float = 30.0,
-    ) -> None:
-        self.primary = primary
-        self._fb = _LearningFallback(self, clock, retry_after, max_retry_after)
-        self._buffer: deque[_Op] = deque()
-        self._max_buffer = max_buffer
-        self._recent: OrderedDict[str, Execution] = OrderedDict()
-        self._remember_n = remember
-        self._flushing: asyncio.Task[None] | None = None
-        self.stats: dict[str, int] = {
-            "buffered": 0,
-            "flushed": 0,
-            "dropped": 0,
-            "feedback_lost": 0,
-        }
-
-    @property
-    def degraded(self) -> bool:
-        return self._fb.degraded
-
-    @property
-    def last_error(self) -> str | None:
-        return self._fb.last_error
-
-    @property
-    def pending(self) -> int:
-        """Operations waiting for the primary."""
-        return len(self._buffer)
-
-    async def recover(self) -> bool:
-        """Try the primary now and flush; whether everything was written."""
-        if not await self._fb.recover():
-            return False
-        self._start_flush()
-        if self._flushing is not None:
-            await asyncio.shield(self._flushing)
-        return self._fb.breaker.closed and not self._buffer
-
-    def _keep(self, execution: Execution) -> None:
-        self._recent[execution.execution_id] = execution
-        self._recent.move_to_end(execution.execution_id)
-        while len(self._recent) > self._remember_n:
-            self._recent.popitem(last=False)
-
-    def _buffer_op(self, op: _Op) -> None:
-        if len(self._buffer) >= self._max_buffer:
-            self._buffer.popleft()
-            self.stats["dropped"] += 1
-        self._buffer.append(op)
-        self.stats["buffered"] += 1
-
-    async def _try(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
-        if self._fb.breaker.closed:
-            if not self._buffer:
-                try:
-                    return True, await call()
-                except StorageError as exc:
-                    self._fb._failed(operation, exc)
-            else:
-                # New writes queue behind what is buffered, so the order is kept.
-                self._start_flush()
-        self._fb._maybe_recover()
-        return False, None
-
-    def _start_flush(self) -> None:
-        if self._buffer and (self._flushing is None or self._flushing.done()):
-            self._flushing = self._fb._spawn(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            await self._flush(len(self._buffer) + self._max_buffer)
-        except StorageError as exc:
-            self._fb._failed("flush", exc)
-
-    async def record(self, execution: Execution, *, origin: str) -> int:
-        self._keep(execution)
-        ok, seq = await self._try(
-            "record", lambda: self.primary.record(execution, origin=origin)
-        )
-        if ok:
-            return int(seq)
-        self._buffer_op(("record", (execution, origin)))
-        return 0
-
-    async def add_summary(
-        self, summary: Mapping[str, Any], *, timestamp: float, origin: str
-    ) -> int:
-        ok, seq = await self._try(
-            "add_summary",
-            lambda: self.primary.add_summary(summary, timestamp=timestamp, origin=origin),
-        )
-        if ok:
-            return int(seq)
-        self._buffer_op(("summary", (dict(summary), timestamp, origin)))
-        return 0
-
-    async def feedback(
-        self, execution_id: str, quality: float, *, timestamp: float, origin: str
-    ) -> Execution | None:
-        ok, before = await self._try(
-            "feedback",
-            lambda: self.primary.feedback(
-                execution_id, quality, timestamp=timestamp, origin=origin
-            ),
-        )
-        if ok:
-            if before is not None and execution_id in self._recent:
-                self._recent[execution_id] = replace(before, quality=quality)
-            return cast("Execution | None", before)
-        known = self._recent.get(execution_id)
-        if known is None:
-            raise StorageError(
-                "learning feedback: the store is unreachable and this process did not record "
-                "that execution; try again when Redis is back"
-            )
-        self._recent[execution_id] = replace(known, quality=quality)
-        self._buffer_op(("feedback", (execution_id, quality, timestamp, origin)))
-        return known
-
-    async def get(self, execution_id: str) -> Execution | None:
-        ok, found = await self._try("get", lambda: self.primary.get(execution_id))
-        if ok:
-            return cast("Execution | None", found)
-        return self._recent.get(execution_id)
-
-    async def events(self, after: int = 0, *, limit: int = 1000) -> list[LearningEvent]:
-        ok, found = await self._try("events", lambda: self.primary.events(after, limit=limit))
-        # Meanwhile other processes' evidence waits; this process's own is in memory already.
-        return cast("list[LearningEvent]", found) if ok else []
-
-    async def prune(self, before: float) -> int:
-        ok, n = await self._try("prune", lambda: self.primary.prune(before))
-        return int(n) if ok else 0
-
-    async def _flush(self, most: int) -> None:
-        """Write up to `most` buffered operations, oldest first."""
-        while self._buffer and most > 0:
-            most -= 1
-            kind, args = self._buffer[0]
-            if kind == "record":
-                execution, origin = args
-                await self.primary.record(execution, origin=origin)
-            elif kind == "summary":
-                summary, timestamp, origin = args
-                await self.primary.add_summary(summary, timestamp=timestamp, origin=origin)
-            else:
-                eid, quality, timestamp, origin = args
-                found = await self.primary.feedback(
-                    eid, quality, timestamp=timestamp, origin=origin
-                )
-                if found is None:
-                    self.stats["feedback_lost"] += 1
-            self._buffer.popleft()
-            self.stats["flushed"] += 1
-
-    async def check(self) -> bool:
-        return await self.primary.check()
-
-    async def aclose(self) -> None:
-        await self._fb._close_tasks()
-        if self._buffer:
-            # One last try, so a short outage at shutdown loses nothing.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(len(self._buffer)), 5.0)
-            if self._buffer:
-                logger.warning(
-                    "Closing the learning store with %d records not written to Redis",
-                    len(self._buffer),
-                )
-        await self.primary.aclose()
-
-    def __repr__(self) -> str:
-        return (
-            f"<ResilientLearningStore {self.primary!r} {self._fb.breaker!r} "
-            f"pending={len(self._buffer)}>"
-        )
-
-
-class _LearningFallback(_Fallback):
-    _what = "learning store"
-
-    def __init__(
-        self,
-        store: ResilientLearningStore,
-        clock: Clock,
-        retry_after: float,
-        max_retry_after: float,
-    ) -> None:
-        super().__init__(clock, retry_after, max_retry_after)
-        self._store = store
-
-    async def _recover(self) -> None:
-        store = self._store
-        if not await store.primary.check():
-            raise StorageError("redis learning: still unreachable")
-        # What is buffered now; what arrives meanwhile follows once the breaker is closed
-        # (under steady traffic, waiting for an empty buffer might never end).
-        await store._flush(len(store._buffer))
-
-    def _closed(self) -> None:
-        self._store._start_flush()
