@@ -370,6 +370,9 @@ class Engine:
                 api_keys=self._fallback_api_keys,
                 api_bases=self._fallback_api_bases,
             )
+        warm = getattr(self._fallback, "warm", None)
+        if callable(warm):
+            warm()  # LiteLLM's import runs on a thread now, not on the first fallback request
         await self._start_served()
         if self._learner is not None:
             # Evidence recorded by earlier runs and other workers counts from the first plan.

@@ -32,11 +32,13 @@ inside its methods only, so importing this module (or the package) never loads i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -954,7 +956,10 @@ def _import_litellm() -> Any:
 class FallbackTransport:
     """Calls another provider through LiteLLM when every Groq model is out.
 
-    Only used when fallback models are configured; `litellm` is imported on the first call.
+    Only used when fallback models are configured. `litellm` takes seconds to import (tens on a
+    busy machine), so `warm()` imports it on a thread of its own as the engine starts, and a
+    call awaits that import instead of running it on the event loop, where it would stall
+    every other request of the process.
     Provider keys come from LiteLLM's usual environment variables (`MISTRAL_API_KEY`, …) unless
     given here.
 
@@ -979,9 +984,36 @@ class FallbackTransport:
             for k, v in (api_keys or {}).items()
         }
         self._api_bases = dict(api_bases or {})
+        self._loading: concurrent.futures.Future[Any] | None = None
+        self._loading_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<FallbackTransport providers={sorted(self._api_keys) or 'env'}>"
+
+    def warm(self) -> concurrent.futures.Future[Any]:
+        """Start importing LiteLLM on a daemon thread (once); returns the import's future."""
+        with self._loading_lock:
+            if self._loading is None:
+                loading: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+                def load() -> None:
+                    try:
+                        loading.set_result(_import_litellm())
+                    except BaseException as exc:  # handed to whoever awaits the import
+                        loading.set_exception(exc)
+
+                self._loading = loading
+                threading.Thread(target=load, name="ymera-litellm-import", daemon=True).start()
+            return self._loading
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until LiteLLM is imported (starting the import if needed).
+
+        Raises:
+            ConfigurationError: LiteLLM is not installed.
+            TimeoutError: The import did not finish within `timeout` seconds.
+        """
+        self.warm().result(timeout)
 
     async def acomplete(
         self,
@@ -1003,7 +1035,7 @@ class FallbackTransport:
                 f"fallback model {model!r} needs a provider prefix, e.g. `mistral/…`",
                 setting="fallback_models",
             )
-        litellm = _import_litellm()
+        litellm = await asyncio.wrap_future(self.warm())
         budget = self.timeout if timeout is None else float(timeout)
         kwargs: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
         kwargs.pop("stream", None)
