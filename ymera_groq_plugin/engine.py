@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from pydantic import SecretStr
 
 from ._portal import Portal, get_portal
+from .batching import DelayedBatcher
 from .catalog import Catalog, load_catalog
 from .clock import Clock
 from .config import YmeraSettings
@@ -254,8 +255,9 @@ class Engine:
         self.stats = _Stats()
         self._started: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._pending_records: list[Execution] = []
-        self._recording = False
+        self._records: DelayedBatcher[Execution] = DelayedBatcher(
+            self._write_records, delay=_RECORD_DELAY, name="learning record"
+        )
         self._closed = False
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self._orgs = max(1, len({k.organisation for k in s.api_keys}))
@@ -486,6 +488,7 @@ class Engine:
 
         with contextlib.suppress(Exception):
             await monitor_for(self).aclose()
+        await self._records.aclose()
         await self.aflush()
         for part in (
             self._served,
@@ -505,6 +508,7 @@ class Engine:
         if not self._portal.in_portal():
             await self._portal.arun(self.aflush())
             return
+        await self._records.flush()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         if self._cache is not None:
@@ -873,37 +877,21 @@ class Engine:
         # Off the request's path: learning is evidence, not part of the answer.
         if self._closed:
             return
-        self._pending_records.append(execution)
-        if not self._recording:
-            self._recording = True
-            self._spawn(self._record_later(learner))
+        self._records.add(execution)
 
-    async def _record_later(self, learner: Learner) -> None:
-        try:
-            await asyncio.sleep(_RECORD_DELAY)
-            while self._pending_records:
-                batch, self._pending_records = self._pending_records, []
-                for execution in batch:
-                    try:
-                        await learner.record(execution)
-                    except Exception as exc:
-                        logger.warning("learning record failed: %s: %s", type(exc).__name__, exc)
-        finally:
-            self._recording = False
+    async def _write_records(self, batch: list[Execution]) -> None:
+        learner = self._learner
+        if learner is None:
+            return
+        for execution in batch:
+            try:
+                await learner.record(execution)
+            except Exception as exc:
+                logger.warning("learning record failed: %s: %s", type(exc).__name__, exc)
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run `hook` on the portal at the start of `aclose`, before any part closes."""
         self._close_hooks.append(hook)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        if self._closed:
-            # Nothing may write to stores that are closing (or files being deleted).
-            coro.close()
-            logger.debug("engine closed; background work dropped")
-            return
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -1132,9 +1120,8 @@ class Engine:
             await self._on_portal(self.afeedback(request_id, quality))
             return
         await self._ensure_started()
-        if self._background:
-            # The execution's record may still be on its way to the store.
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        # The execution's record may still be on its way to the store.
+        await self._records.flush()
         if self._learner is None:
             raise InvalidRequestError("learning is not available")
         await self._learner.feedback(request_id, quality)
