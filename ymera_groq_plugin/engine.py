@@ -10,7 +10,7 @@ HTTP clients) live on the process's portal loop (`_portal.py`), so sync callers 
 all see the same state. The only work done in the caller's thread is validation and the L1
 cache probe, which need no I/O.
 
-Failure rules (DESIGN.md, issue 6), all decided in one place (`_Route.failed`):
+Failure rules (DESIGN.md, issue 6), all decided in one place (`route.Route.failed`):
 
 | What happened                      | What the engine does                                    |
 |------------------------------------|---------------------------------------------------------|
@@ -55,18 +55,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from pydantic import SecretStr
 
 from ._portal import Portal, get_portal
+from .batching import DelayedBatcher
 from .catalog import Catalog, load_catalog
 from .clock import Clock
 from .config import YmeraSettings
 from .errors import (
     ConfigurationError,
     InvalidRequestError,
-    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
-    RequestTooLargeError,
     StorageError,
-    StreamError,
     UnknownModelError,
     UpstreamAuthError,
     UpstreamError,
@@ -74,6 +72,7 @@ from .errors import (
     UpstreamTimeoutError,
     YmeraError,
 )
+from .route import MIN_CALL_TIMEOUT, Route
 from .served import NOT_SERVED_CODES
 from .types import ChatRequest, ChatResult, Execution, Plan
 
@@ -93,8 +92,6 @@ T = TypeVar("T")
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 _LATENCY_WINDOW = 2048
-_MIN_CALL_TIMEOUT = 0.05
-"""Shortest upstream call worth starting; with less budget left the request gives up."""
 _CANCEL_GRACE = 5.0
 """Seconds a cancelled caller waits for the portal side to give its reservation back."""
 # Learning records wait this long and go to the store together: written the moment an answer
@@ -102,7 +99,6 @@ _CANCEL_GRACE = 5.0
 # cache miss about 0.2 ms (`benchmarks/bench_engine.py`). Feedback and `aflush` wait for them.
 _RECORD_DELAY = 0.02
 _BACKOFF_BASE = 0.25
-_BACKOFF_MAX = 8.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -254,8 +250,9 @@ class Engine:
         self.stats = _Stats()
         self._started: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._pending_records: list[Execution] = []
-        self._recording = False
+        self._records: DelayedBatcher[Execution] = DelayedBatcher(
+            self._write_records, delay=_RECORD_DELAY, name="learning record"
+        )
         self._closed = False
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self._orgs = max(1, len({k.organisation for k in s.api_keys}))
@@ -489,6 +486,7 @@ class Engine:
 
         with contextlib.suppress(Exception):
             await monitor_for(self).aclose()
+        await self._records.aclose()
         await self.aflush()
         for part in (
             self._served,
@@ -508,6 +506,7 @@ class Engine:
         if not self._portal.in_portal():
             await self._portal.arun(self.aflush())
             return
+        await self._records.flush()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         if self._cache is not None:
@@ -734,9 +733,24 @@ class Engine:
     def _deadline(self) -> float:
         return time.monotonic() + self.budget
 
+    def _route(self, request: ChatRequest, plan: Plan) -> Route:
+        return Route(
+            request,
+            plan,
+            quota=self.quota,
+            catalog=self.catalog,
+            settings=self.settings,
+            deadline=self._deadline(),
+            budget=self.budget,
+            organisations=self._orgs,
+            retry_backoff=self.retry_backoff,
+            rng=self._rng,
+            on_wait=lambda: self.stats.bump(rate_limited_avoided=1),
+        )
+
     async def _route_and_call(self, request: ChatRequest) -> ChatResult:
         plan = self.plan(request)
-        route = _Route(self, request, plan)
+        route = self._route(request, plan)
         while (grant := await route.next()) is not None:
             try:
                 return await self._complete(
@@ -829,7 +843,7 @@ class Engine:
         last: BaseException | None = cause
         for model in self.settings.fallback_models:
             left = deadline - time.monotonic()
-            if left < _MIN_CALL_TIMEOUT:
+            if left < MIN_CALL_TIMEOUT:
                 break
             started = time.perf_counter()
             try:
@@ -876,37 +890,21 @@ class Engine:
         # Off the request's path: learning is evidence, not part of the answer.
         if self._closed:
             return
-        self._pending_records.append(execution)
-        if not self._recording:
-            self._recording = True
-            self._spawn(self._record_later(learner))
+        self._records.add(execution)
 
-    async def _record_later(self, learner: Learner) -> None:
-        try:
-            await asyncio.sleep(_RECORD_DELAY)
-            while self._pending_records:
-                batch, self._pending_records = self._pending_records, []
-                for execution in batch:
-                    try:
-                        await learner.record(execution)
-                    except Exception as exc:
-                        logger.warning("learning record failed: %s: %s", type(exc).__name__, exc)
-        finally:
-            self._recording = False
+    async def _write_records(self, batch: list[Execution]) -> None:
+        learner = self._learner
+        if learner is None:
+            return
+        for execution in batch:
+            try:
+                await learner.record(execution)
+            except Exception as exc:
+                logger.warning("learning record failed: %s: %s", type(exc).__name__, exc)
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run `hook` on the portal at the start of `aclose`, before any part closes."""
         self._close_hooks.append(hook)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        if self._closed:
-            # Nothing may write to stores that are closing (or files being deleted).
-            coro.close()
-            logger.debug("engine closed; background work dropped")
-            return
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -1040,7 +1038,7 @@ class Engine:
                         yield event
                     return
             plan = self.plan(request)
-            route = _Route(self, request, plan)
+            route = self._route(request, plan)
             while (grant := await route.next()) is not None:
                 emitted = False
                 try:
@@ -1070,7 +1068,7 @@ class Engine:
             self.stats.finished(started, error)
 
     async def _stream_model(
-        self, request: ChatRequest, plan: Plan, grant: Grant, route: _Route
+        self, request: ChatRequest, plan: Plan, grant: Grant, route: Route
     ) -> AsyncIterator[StreamEvent]:
         """One upstream stream under a grant: chunk events, then the result event.
 
@@ -1135,9 +1133,8 @@ class Engine:
             await self._on_portal(self.afeedback(request_id, quality))
             return
         await self._ensure_started()
-        if self._background:
-            # The execution's record may still be on its way to the store.
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        # The execution's record may still be on its way to the store.
+        await self._records.flush()
         if self._learner is None:
             raise InvalidRequestError("learning is not available")
         await self._learner.feedback(request_id, quality)
@@ -1163,231 +1160,6 @@ class Engine:
         keys = len(self.settings.api_keys)
         mode = "embedded" if self.settings.embedded else "redis"
         return f"<Engine [{keys} keys, {mode}, {len(self.catalog.served())} models served]>"
-
-
-class _Route:
-    """One request's walk along its plan: the next model and key, and what a failure means.
-
-    First every model of the plan is tried at once (`wait=0`); a model without room is
-    remembered with the time until it has room. Then, if nothing answered, the remembered
-    models are tried again in order of opening, waiting for quota up to `max_wait` in all.
-    """
-
-    def __init__(self, engine: Engine, request: ChatRequest, plan: Plan) -> None:
-        self.engine = engine
-        self.request = request
-        self.plan = plan
-        self.deadline = engine._deadline()
-        self.queue: list[str] = list(plan.models)
-        self.waits: dict[str, float] = {}
-        """Model → when (monotonic) it is expected to have room again."""
-        self.waiting = False
-        self.wait_until = 0.0
-        self.model: str | None = None
-        self.retries = 0
-        self.auth_failures = 0
-        self.limited_orgs: set[str] = set()
-        self.last_error: BaseException | None = None
-        self.limited = False
-        """Some model was out of quota or rate limited (the final error is a quota error)."""
-        self.not_served: UpstreamError | None = None
-        """The last 404 / `model_decommissioned` answer of the walk."""
-        self.notes: list[str] = []
-        """What the walk did off the plan's order (models without room, 429s), for the
-        answer's route reasons."""
-
-    def plan_so_far(self) -> Plan:
-        """The plan with the walk's notes added to its reasons."""
-        if not self.notes:
-            return self.plan
-        return dataclasses.replace(self.plan, reasons=(*self.plan.reasons, *self.notes))
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def call_timeout(self) -> float:
-        return max(_MIN_CALL_TIMEOUT, min(self.engine.settings.request_timeout, self.left()))
-
-    def _drop_model(self) -> None:
-        self.model = None
-        self.retries = 0
-        self.auth_failures = 0
-        self.limited_orgs = set()
-
-    def _wait_for(self, model: str, retry_after: float | None) -> None:
-        if retry_after is not None:
-            self.waits[model] = time.monotonic() + max(0.0, retry_after)
-
-    async def next(self) -> Grant | None:
-        """A grant on the next key and model to try, or `None` when every option is spent.
-
-        Raises:
-            NoUsableKeyError: Every key is disabled (and no fallback provider is configured).
-        """
-        engine = self.engine
-        quota = engine.quota
-        while True:
-            if self.left() < _MIN_CALL_TIMEOUT:
-                return None
-            if self.model is None:
-                if not self.queue and not self.waiting and self.waits:
-                    # Nothing had room right away: wait for the earliest opening.
-                    self.waiting = True
-                    self.wait_until = time.monotonic() + engine.settings.max_wait
-                    limit = min(self.wait_until, self.deadline)
-                    order = sorted(self.waits.items(), key=lambda kv: kv[1])
-                    self.queue = [m for m, at in order if at <= limit]
-                    if self.queue:
-                        engine.stats.bump(rate_limited_avoided=1)
-                if not self.queue:
-                    return None
-                self.model = self.queue.pop(0)
-            wait = 0.0
-            if self.waiting:
-                wait = min(self.wait_until, self.deadline) - time.monotonic()
-                if wait <= 0:
-                    return None
-            try:
-                return await quota.acquire(
-                    self.model,
-                    self.plan.profile.estimated_tokens,
-                    max_tokens=self.request.max_tokens,
-                    wait=wait,
-                )
-            except RequestTooLargeError as exc:
-                self.last_error = exc
-                self.limited = True
-                self.notes.append(f"quota: {self.model} skipped: the request exceeds its TPM")
-                self._drop_model()
-            except QuotaExhaustedError as exc:
-                self.last_error = exc
-                self.limited = True
-                room = f" (room in {exc.retry_after:.1f}s)" if exc.retry_after else ""
-                self.notes.append(f"quota: {self.model} had no room{room} → next model")
-                self._wait_for(self.model, exc.retry_after)
-                self._drop_model()
-            except ModelRetiredError as exc:
-                # No organisation of the account is served this model (listing or 404s).
-                self.last_error = exc
-                self.notes.append(f"served: {self.model} is served on no organisation")
-                model = self.model
-                self._drop_model()
-                successor = self._successor(model)
-                if successor is not None and successor not in self.queue:
-                    self.queue.insert(0, successor)
-            except NoUsableKeyError as exc:
-                self.last_error = exc
-                if not engine.settings.fallback_models:
-                    raise
-                return None
-
-    def _successor(self, model: str) -> str | None:
-        """For the model the request pinned: what serves in its place now that the account
-        does not serve it (with a warning), or the typed error when nothing may.
-
-        Raises:
-            ModelRetiredError: `serve_successor` is off, or no successor is served.
-        """
-        if self.request.model is None or self.plan.models[0] != model:
-            return None  # a routed request just moves on along its plan
-        try:
-            resolved = self.engine.catalog.resolve(model)
-        except ModelRetiredError as exc:
-            raise exc from self.not_served  # Groq's own 404 stays visible as the cause
-        if resolved.model.id == model:
-            return None
-        logger.warning("%s", resolved.warning)
-        self.notes.append(f"request.model: {resolved.warning}")
-        return resolved.model.id
-
-    async def failed(self, grant: Grant, exc: UpstreamError) -> None:
-        """Decide what a failed call means for the rest of the walk (already reported).
-
-        Raises:
-            UpstreamError: `exc` itself, when trying elsewhere cannot help (a bad request).
-        """
-        engine = self.engine
-        self.last_error = exc
-        if exc.code in NOT_SERVED_CODES:
-            # Marked unserved for that organisation (`Engine._report`): the quota hands out
-            # another organisation's key for the same model, or says none is served.
-            self.not_served = exc
-            self.notes.append(f"groq: {exc.code} for {grant.model} on key {grant.key.label}")
-            return
-        if isinstance(exc, UpstreamRateLimitError):
-            self.limited = True
-            self.notes.append(
-                f"groq: {exc.status_code} on {grant.model} for key {grant.key.label}"
-                + (" (request too large)" if exc.too_large else "")
-            )
-            if exc.too_large:
-                self._drop_model()  # never this model again for this request
-                return
-            # The organisation now cools down for this model; another may still have room.
-            self.limited_orgs.add(grant.org)
-            if len(self.limited_orgs) >= engine._orgs:
-                rl = exc.rate_limits
-                self._wait_for(grant.model, rl.retry_after if rl is not None else None)
-                self._drop_model()
-            return
-        if isinstance(exc, UpstreamAuthError):
-            # The key is disabled now; the pool hands out another one.
-            self.auth_failures += 1
-            if self.auth_failures >= len(engine.settings.api_keys):
-                self._drop_model()
-            return
-        if isinstance(exc, StreamError) and not exc.retryable:
-            # The model broke off before its first token (`tool_use_failed`, "generation
-            # failed"): another model may well succeed; this one, asked again, likely not.
-            self._drop_model()
-            return
-        if exc.retryable:
-            self.retries += 1
-            left = self.left()
-            if self.retries > engine.settings.max_retries or left <= _MIN_CALL_TIMEOUT:
-                self._drop_model()
-                return
-            backoff = min(_BACKOFF_MAX, engine.retry_backoff * 2 ** (self.retries - 1))
-            backoff *= 0.5 + engine._rng.random()
-            await asyncio.sleep(min(backoff, max(0.0, left - _MIN_CALL_TIMEOUT)))
-            return
-        if _moves_on(exc):
-            self._drop_model()
-            return
-        raise exc
-
-    def may_fall_back(self) -> bool:
-        """Whether the failures so far are ones another provider could fix."""
-        return not isinstance(self.last_error, InvalidRequestError)
-
-    def error(self) -> YmeraError:
-        """The one typed error that sums the walk up."""
-        last = self.last_error
-        plan = ", ".join(self.plan.models)
-        if isinstance(last, NoUsableKeyError):
-            return last
-        if self.limited and (
-            last is None or isinstance(last, QuotaExhaustedError | UpstreamRateLimitError)
-        ):
-            now = time.monotonic()
-            retry = min((max(0.0, at - now) for at in self.waits.values()), default=None)
-            if retry is None and isinstance(last, QuotaExhaustedError):
-                retry = last.retry_after
-            when = f"; the earliest opens in {retry:.1f}s" if retry is not None else ""
-            err = QuotaExhaustedError(
-                f"No Groq model in the plan ({plan}) has room for this request{when}.",
-                retry_after=retry,
-            )
-            err.__cause__ = last
-            return err
-        if isinstance(last, YmeraError):
-            return last
-        err2 = UpstreamTimeoutError(
-            f"No Groq model in the plan ({plan}) answered within the "
-            f"{self.engine.budget:g} s budget."
-        )
-        err2.__cause__ = last
-        return err2
 
 
 def _transfer(task: asyncio.Task[T], target: asyncio.Future[T]) -> None:
@@ -1435,13 +1207,3 @@ def _settings_digest(
         raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         h.update(b"\2" + name.encode() + b"\0" + hashlib.sha256(raw.encode()).digest())
     return h.hexdigest()
-
-
-def _moves_on(exc: UpstreamError) -> bool:
-    """Whether a failure on one model lets the request move to the next one."""
-    return (
-        exc.retryable
-        or isinstance(exc, UpstreamRateLimitError | UpstreamAuthError)
-        or exc.status_code == 404
-        or exc.code == "model_decommissioned"
-    )

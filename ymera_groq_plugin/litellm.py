@@ -84,7 +84,6 @@ from .config import ApiKey, YmeraSettings
 from .engine import Engine
 from .errors import (
     ContextWindowError,
-    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
     RequestTooLargeError,
@@ -578,26 +577,6 @@ class YmeraLiteLLM(CustomLogger):
         tokens = estimate_prompt_tokens(msgs, tools=tools if isinstance(tools, list) else None)
         return models, tokens, max_tokens, _hint(md, "task_type", "ymera_task_type"), md, msgs
 
-    async def _try(
-        self, model: str, tokens: int, max_tokens: int | None, wait: float, orgs: set[str]
-    ) -> tuple[Grant | None, float | None, bool]:
-        """One `acquire` on the portal: (a grant on one of `orgs`, retry time, too large)."""
-        quota = self.engine.quota
-        try:
-            grant = await quota.acquire(model, tokens, max_tokens=max_tokens, wait=wait, orgs=orgs)
-        except RequestTooLargeError:
-            return None, None, True
-        except QuotaExhaustedError as exc:
-            return None, exc.retry_after, False
-        except (NoUsableKeyError, ModelRetiredError):
-            return None, None, False
-        if grant.org in orgs:
-            return grant, None, False
-        # The organisation with most headroom has no routable deployment here (its keys are
-        # cooling down in LiteLLM, or not in this group): give it back.
-        await quota.release(grant)
-        return None, None, False
-
     async def _acquire(
         self,
         order: Sequence[str],
@@ -613,37 +592,24 @@ class YmeraLiteLLM(CustomLogger):
             `(grant, None)`, or `(None, seconds until the earliest room)` (`inf`: the request
             is too large for every model; `None`: unknown).
         """
-        pool = self.engine.quota.pool
+        quota = self.engine.quota
+        pool = quota.pool
         await pool.refresh()
         allowed = {
             m: {pool.organisation(k) for k in ks if not pool.is_disabled(k)}
             for m, ks in keys.items()
         }
-        waits: list[tuple[float, str]] = []
-        too_large = False
-        for model in order:
-            if not allowed.get(model):
-                continue
-            grant, retry, big = await self._try(model, tokens, max_tokens, 0.0, allowed[model])
-            if grant is not None:
-                return grant, None
-            too_large = too_large or big
-            if retry is not None:
-                waits.append((retry, model))
-        if wait > 0 and waits:
-            clock = self.engine.clock
-            deadline = clock() + wait
-            for ahead, model in sorted(waits):
-                left = deadline - clock()
-                if left <= 0 or ahead > left:
-                    break
-                grant, _, _ = await self._try(model, tokens, max_tokens, left, allowed[model])
-                if grant is not None:
-                    return grant, None
-        retry = min((w for w, _ in waits), default=None)
-        if retry is None and too_large:
-            retry = math.inf
-        return None, retry
+        try:
+            grant = await quota.acquire_first(
+                order, tokens, max_tokens=max_tokens, wait=wait, orgs=allowed
+            )
+        except RequestTooLargeError:
+            return None, math.inf
+        except QuotaExhaustedError as exc:
+            return None, exc.retry_after
+        except NoUsableKeyError:
+            return None, None
+        return grant, None
 
     def _prepare(
         self,

@@ -85,8 +85,11 @@ from .storage.quota_base import (
 from .types import RateLimits, Usage
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .catalog import Catalog, ModelInfo
     from .config import YmeraSettings
+    from .errors import YmeraError
 
 __all__ = [
     "EPSILON",
@@ -470,6 +473,11 @@ class QuotaManager:
         self._turn = -1
         self.pool.on_merge = self._absorb
 
+    @property
+    def clock(self) -> Clock:
+        """The clock waits and openings are measured on (`acquire_first`'s `opens`)."""
+        return self._clock
+
     @classmethod
     def from_settings(
         cls, settings: YmeraSettings, catalog: Catalog, *, clock: Clock = time.time
@@ -537,6 +545,109 @@ class QuotaManager:
             # Others are already waiting for this model: going first would not be fair.
             raise self._exhausted(info.id, await self.time_until_room(info.id, prompt_tokens))
         return await self._wait_in_line(info, prompt_tokens, max_tokens, started, wait, orgs)
+
+    async def acquire_first(
+        self,
+        models: Sequence[str],
+        prompt_tokens: int,
+        *,
+        max_tokens: int | None = None,
+        wait: float = 0.0,
+        orgs: Mapping[str, Collection[str]] | None = None,
+        opens: Mapping[str, float] | None = None,
+        passed: Callable[[str, YmeraError], str | None] | None = None,
+    ) -> Grant:
+        """Reserve on the first of `models` with room now, else, within `wait`, on the one
+        whose room comes first.
+
+        Every model is tried once without waiting, in order. A model without room is
+        remembered with the time it is expected to have room again, next to `opens` (times the
+        caller knows of, such as a 429's retry-after). If none had room and `wait` is above 0,
+        the remembered models are tried again, soonest first, each waiting for what is left
+        of `wait` in that model's line (first come, first served, see `acquire`); a model that
+        opens later than that ends the walk. Times are on this manager's clock.
+
+        Args:
+            models: Catalog ids (or aliases) in order of preference.
+            prompt_tokens: The prompt estimate (what Groq checks on admission).
+            max_tokens: The completion budget, kept on the grant (not reserved).
+            wait: Seconds the whole walk may wait for room; 0 answers at once.
+            opens: Model → when it is expected to have room (`clock` seconds): models to wait
+                for too, or earlier than the ledger says.
+            orgs: Model → the organisations it may be reserved on; a model missing here (or
+                with none) is skipped. Default: every organisation for every model.
+            passed: Told of each model passed over and why (`QuotaExhaustedError`,
+                `RequestTooLargeError` or `ModelRetiredError`); it may return a model to try
+                next in its place (a successor) and may raise to end the walk.
+
+        Returns:
+            The grant; `grant.model` says which model it is for.
+
+        Raises:
+            QuotaExhaustedError: No model had room within `wait`; `retry_after` is the
+                earliest expected opening (`None`: unknown).
+            RequestTooLargeError: No opening is expected and the request can never fit some
+                model tried (the others were not served, or skipped).
+            NoUsableKeyError: No key is configured, or every key is disabled.
+            UnknownModelError: The catalog has no such model.
+        """
+        known = dict(opens or {})
+        last: YmeraError | None = None
+        too_large: RequestTooLargeError | None = None
+
+        async def attempt(model: str, wait: float, line: deque[str]) -> Grant | None:
+            nonlocal last, too_large
+            allowed: Collection[str] | None = None
+            if orgs is not None:
+                allowed = orgs.get(model)
+                if not allowed:
+                    return None
+            try:
+                grant = await self.acquire(
+                    model, prompt_tokens, max_tokens=max_tokens, wait=wait, orgs=allowed
+                )
+            except (QuotaExhaustedError, ModelRetiredError) as exc:
+                last = exc
+                if isinstance(exc, RequestTooLargeError):
+                    too_large = exc
+                elif isinstance(exc, QuotaExhaustedError) and exc.retry_after is not None:
+                    known[model] = self._clock() + max(0.0, exc.retry_after)
+                instead = passed(model, exc) if passed is not None else None
+                if instead is not None and instead not in line:
+                    line.appendleft(instead)
+                return None
+            if allowed is not None and grant.org not in allowed:
+                # The organisation with most headroom is not one the caller may use (merged
+                # meanwhile): give it back.
+                await self.release(grant)
+                return None
+            return grant
+
+        line = deque(models)
+        while line:
+            grant = await attempt(line.popleft(), 0.0, line)
+            if grant is not None:
+                return grant
+        if wait > 0 and known:
+            deadline = self._clock() + wait
+            line = deque(m for m, _ in sorted(known.items(), key=lambda kv: kv[1]))
+            while line:
+                model = line.popleft()
+                left = deadline - self._clock()
+                if left <= 0 or known.get(model, -math.inf) > deadline:
+                    break
+                grant = await attempt(model, left, line)
+                if grant is not None:
+                    return grant
+        now = self._clock()
+        retry = min((max(0.0, at - now) for at in known.values()), default=None)
+        if retry is None and too_large is not None:
+            raise too_large
+        when = f" (the earliest opens in {retry:.1f}s)" if retry is not None else ""
+        raise QuotaExhaustedError(
+            f"No Groq model of {', '.join(models) or 'the walk'} has room{when}.",
+            retry_after=retry,
+        ) from last
 
     async def _wait_in_line(
         self,

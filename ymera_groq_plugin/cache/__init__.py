@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
 from .._portal import get_portal
+from ..batching import DelayedBatcher
 from ..clock import Clock
 from ..errors import ConfigurationError
 from ..types import ChatRequest, ChatResult
@@ -254,8 +255,12 @@ class TieredCache(BaseCache):
         self._coalesced = {"leaders": 0, "followers": 0}
         self._memo = threading.local()
         self._background: set[asyncio.Task[Any]] = set()
-        self._pending: list[tuple[str, str, ChatResult, float, float]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._writes: DelayedBatcher[tuple[str, str, ChatResult, float, float]] = DelayedBatcher(
+            self._write_behind,
+            delay=_WRITE_BEHIND_DELAY,
+            max_batch=_WRITE_BEHIND_MAX,
+            name="cache write-behind",
+        )
         self.write_behind = False
         """Store to L2/L3 in the background when called on the portal (the engine sets it)."""
         # The LangChain `lookup` fast path binds these once (see `LRUCache`).
@@ -411,11 +416,7 @@ class TieredCache(BaseCache):
         if self.write_behind and get_portal().in_portal():
             # The answer is already in L1 for this process; Redis and SQLite follow off the
             # request's path, in batches (flushed by `aflush()` and `aclose()`).
-            self._pending.append((self._ns(request), key, result, now, expires_at))
-            if self._flusher is None:
-                self._flusher = asyncio.get_running_loop().create_task(self._write_behind())
-                self._background.add(self._flusher)
-                self._flusher.add_done_callback(self._background.discard)
+            self._writes.add((self._ns(request), key, result, now, expires_at))
             return
         text = self._encode(result, key, now, expires_at)
         if text is not None:
@@ -429,27 +430,21 @@ class TieredCache(BaseCache):
             logger.warning("Keeping an answer in L1 only (not JSON): %s", exc)
             return None
 
-    async def _write_behind(self) -> None:
-        """Store the pending answers in the lower tiers, a batch at a time (on the portal)."""
-        try:
-            await asyncio.sleep(_WRITE_BEHIND_DELAY)
-            while self._pending:
-                batch = self._pending[:_WRITE_BEHIND_MAX]
-                del self._pending[:_WRITE_BEHIND_MAX]
-                items = [
-                    (ns, key, text, expires_at)
-                    for ns, key, result, now, expires_at in batch
-                    if (text := self._encode(result, key, now, expires_at)) is not None
-                ]
-                await self._lower_set_many(items)
-        finally:
-            self._flusher = None
+    async def _write_behind(self, batch: list[tuple[str, str, ChatResult, float, float]]) -> None:
+        """Store one batch of pending answers in the lower tiers (on the portal)."""
+        items = [
+            (ns, key, text, expires_at)
+            for ns, key, result, now, expires_at in batch
+            if (text := self._encode(result, key, now, expires_at)) is not None
+        ]
+        await self._lower_set_many(items)
 
     async def aflush(self) -> None:
         """Wait for write-behind stores to finish (from any event loop)."""
         if not get_portal().in_portal():
             await self._arun(self.aflush())
             return
+        await self._writes.flush()
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
@@ -841,6 +836,7 @@ class TieredCache(BaseCache):
             await self._arun(self._aclose_lower())
 
     async def _aclose_lower(self) -> None:
+        await self._writes.aclose()
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         for tier in self._lower:
