@@ -1,7 +1,7 @@
 """The circuit breaker: keeps a failing dependency out of the way for a while, then tries it.
 
 One class serves both places that need it: the cache's L2/L3 tiers (`cache/`, also through
-`_litellm_cache.py`) and the resilient stores' fallback (`storage/resilient/`). It imports only
+`litellm/cache.py`) and the resilient stores' fallback (`storage/resilient/`). It imports only
 the clock, so either side can use it without importing the other.
 """
 

@@ -1,373 +1,67 @@
-"""LiteLLM: one line gives an existing `Router` quota-aware, learning Groq routing.
-
-```python
-from litellm import Router
-from ymera_groq_plugin.litellm import attach, model_list_from_settings
-
-router = Router(model_list=model_list_from_settings(), routing_strategy="usage-based-routing-v2")
-attach(router)                 # quota filter + accounting callback; your strategy still picks
-# attach(router, strategy=True)  # or: the package picks the key (and, for "groq-auto", the model)
-# Router(model_list=..., plugins=[YmeraRoutingPlugin()])  # or: in the constructor (async only)
-```
-
-Any model list works: the router's own `groq/` deployments are adopted with their keys (literal,
-`os.environ/NAME`, or `GROQ_API_KEY`) and organisations (`model_info["groq_org"]`, else learnt).
-
-How it plugs into LiteLLM 1.110 (read from its source, `litellm/router_rust/`; see
-`docs/litellm.md`):
-
-- `Router` cannot be subclassed. Every `CustomLogger` in `litellm.callbacks` that overrides
-  `async_filter_deployments` runs in the router's `callback_filters` stage, after cooldowns and
-  before the routing strategy picks, on every attempt (retries and fallback hops included). The
-  filter here reserves quota on the organisation with most headroom and keeps only that
-  organisation's deployments (plus any non-Groq ones), so it composes with whichever
-  `routing_strategy` the router names.
-- LiteLLM's sync path (`router.completion`) runs no callback filter; it runs each routing
-  callback's `pre_call_check(deployment)` on the deployment its strategy picked, in the caller's
-  thread. The callback reserves there, on that deployment's organisation, waiting for room.
-- `router.register_plugin(strategy)` replaces the pick entirely, and with it LiteLLM's own
-  cooldown filtering; `YmeraRoutingStrategy` asks `router.select(model, kind="healthy")` for the
-  deployments that are not cooling down (that call also runs the callback filters).
-- When nothing has room, the filter or strategy raises `GroqCapacityError`, a
-  `RouterRateLimitError` ("No deployments available … Try again in N seconds") with
-  `num_retries = 0`: the router skips its retries and goes straight to its own `fallbacks`
-  (including cross-provider ones).
-- The reservation made at pick time is tied to the call it paid for: the pick stores it in a
-  context variable of the request's task; `async_pre_call_deployment_hook` (which sees the chosen
-  deployment and the attempt's `litellm_call_id`) binds it to that id, and the success/failure
-  hooks settle or report exactly that reservation. A reservation that is never bound or never
-  resolved (the request was cancelled, a stream was abandoned) is released when the request's
-  task ends or, at the latest, after `reservation_timeout`.
-- Response headers (`x-ratelimit-*`) arrive in `response._hidden_params["additional_headers"]`;
-  failure headers in the exception's `litellm_response_headers`.
-
-Only importing this module imports LiteLLM; `import ymera_groq_plugin` does not.
-"""
+"""`YmeraLiteLLM`: the callback that reserves quota in the router's filter stage (and, on the
+sync path, in `pre_call_check`), binds each reservation to its call and settles or reports it
+from LiteLLM's success and failure hooks."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import dataclasses
-import functools
 import hashlib
 import logging
 import math
-import random
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-try:
-    import litellm
-    from litellm.exceptions import APIConnectionError, ContextWindowExceededError, Timeout
-    from litellm.integrations.custom_logger import CustomLogger
-    from litellm.secret_managers.main import get_secret_str
-    from litellm.types.router import (
-        CustomRoutingStrategyBase,
-        RouterRateLimitError,
-        RoutingContext,
-    )
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "ymera_groq_plugin.litellm needs LiteLLM: install `ymera-groq-plugin[litellm]`"
-    ) from exc
-
+import litellm
+from litellm.exceptions import ContextWindowExceededError
+from litellm.integrations.custom_logger import CustomLogger
 from pydantic import SecretStr, ValidationError
 
-from ._litellm_cache import TieredLiteLLMCache, litellm_cache
-from .catalog import Catalog, load_catalog
-from .config import ApiKey, YmeraSettings
-from .engine import Engine
-from .errors import (
+from ..config import ApiKey
+from ..engine import Engine
+from ..errors import (
     ContextWindowError,
     NoUsableKeyError,
     QuotaExhaustedError,
     RequestTooLargeError,
     UnknownModelError,
 )
-from .headers import parse_rate_limits
-from .tokens import estimate_prompt_tokens
-from .types import OUTPUT_PARAMS, ChatRequest, Execution, RateLimits, Usage, messages_tuple
+from ..headers import parse_rate_limits
+from ..tokens import estimate_prompt_tokens
+from ..types import OUTPUT_PARAMS, ChatRequest, Execution, messages_tuple
+from .deployments import (
+    _BOUND,
+    _DONE,
+    _IN_PICK,
+    _RESERVED,
+    _SYNC_REQUEST,
+    DEFAULT_ROUTED_GROUPS,
+    LABEL_FIELD,
+    ORG_FIELD,
+    PROVIDER_PREFIX,
+    SETTLE_GRACE,
+    GroqCapacityError,
+    _failure_facts,
+    _headers_of,
+    _hint,
+    _Hold,
+    _Managed,
+    _metadata,
+    _not_served,
+    _Pick,
+    _resolve_secret,
+    _usage_of,
+)
 
 if TYPE_CHECKING:
-    from litellm.router import Router
+    from ..quota import Grant
 
-    from .quota import Grant
-
-__all__ = [
-    # building a model list
-    "model_list_from_settings",
-    # attaching to a Router
-    "attach",
-    "YmeraLiteLLM",
-    "YmeraRoutingStrategy",
-    "YmeraRoutingPlugin",
-    "GroqCapacityError",
-    # the cache
-    "TieredLiteLLMCache",
-    "litellm_cache",
-]
 
 logger = logging.getLogger(__name__)
-
-PROVIDER_PREFIX = "groq/"
-"""LiteLLM's provider prefix for Groq models (`groq/openai/gpt-oss-20b`)."""
-
-DEFAULT_ROUTED_GROUPS: tuple[str, ...] = ("groq-auto",)
-
-ID_SEP = "@"
-"""Joins group, model and key label in deployment ids (never `:`: usage-based routing splits
-on it)."""
-
-_RESERVED, _BOUND, _DONE = "reserved", "bound", "done"
-
-SETTLE_GRACE = 2.0
-"""Seconds a finished call's reservation waits for LiteLLM's success event before it is
-released (the sync path reports from a logging thread)."""
-
-_IN_PICK: contextvars.ContextVar[bool] = contextvars.ContextVar("ymera_litellm_pick", default=False)
-"""Set while the strategy asks the router for healthy deployments (our filter stands aside)."""
-
-ORG_FIELD = "groq_org"
-"""`model_info` field naming a deployment's Groq organisation (keys of one organisation share
-one budget); without it the organisation is learnt from Groq's headers and 429 texts."""
-
-LABEL_FIELD = "groq_key_label"
-"""`model_info` field naming a deployment's key in logs and metrics; default: `lk-` and the first
-8 hex digits of the key's SHA-256 (stable across processes, never the key)."""
-
-_SYNC_REQUEST: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "ymera_litellm_sync_request", default=None
-)
-"""The request of the sync router call running in this thread (set by `attach`'s wrappers of
-`router.completion` / `router.text_completion`): the sync pre-call check sees only the
-deployment, and needs the prompt to reserve its tokens."""
-
-_SYNC_ENDPOINTS = ("completion", "text_completion")
-
-
-# -- the model list ------------------------------------------------------------------------
-
-
-def model_list_from_settings(
-    settings: YmeraSettings | None = None,
-    *,
-    catalog: Catalog | None = None,
-    models: Sequence[str] | None = None,
-    api_base: str | None = None,
-    routed_groups: Sequence[str] = DEFAULT_ROUTED_GROUPS,
-) -> list[dict[str, Any]]:
-    """A `Router` `model_list`: one deployment per (served Groq model × configured key).
-
-    Each model is a model group named by its Groq id (`openai/gpt-oss-20b`); each routed group
-    (`groq-auto` by default) holds a deployment for every (model × key), so the package picks
-    the model as well as the key there. Deployment ids are `<model>@<key label>` (and
-    `<group>@<model>@<key label>`): the label, never the key, and no `:` (LiteLLM's
-    `usage-based-routing-v2` splits its counter keys on `:`). `model_info` carries the
-    context window (`max_input_tokens`) so LiteLLM's `enable_pre_call_checks` and
-    `context_window_fallbacks` know it. No `rpm`/`tpm` is set on the deployments: the
-    package's quota already counts the traffic (see `docs/litellm.md`).
-
-    Args:
-        settings: Keys and base URL; default: from the environment.
-        catalog: The model catalog; default: the settings' one.
-        models: Model ids or aliases to include; default: every served model.
-        api_base: The OpenAI-style base URL; default: `settings.base_url + "/openai/v1"`.
-        routed_groups: Names of the groups spanning every model; `()` for none.
-
-    Returns:
-        The model list. It holds the keys in `litellm_params["api_key"]` (LiteLLM needs them):
-        do not log it.
-
-    Raises:
-        NoUsableKeyError: No key is configured.
-        UnknownModelError: A name in `models` is not in the catalog.
-    """
-    settings = settings if settings is not None else YmeraSettings()
-    if not settings.api_keys:
-        raise NoUsableKeyError(
-            "No Groq API key is configured: set GROQ_API_KEY (and GROQ_API_KEY_2, …) or pass "
-            "api_keys=[…]."
-        )
-    catalog = catalog or load_catalog(
-        settings.catalog_path, serve_successor=settings.serve_successor
-    )
-    infos = [catalog.resolve(m).model for m in models] if models else catalog.served()
-    base = api_base or settings.base_url.rstrip("/") + "/openai/v1"
-
-    def entry(group: str, model_id: str, key: ApiKey, ident: str) -> dict[str, Any]:
-        info = catalog.get(model_id)
-        return {
-            "model_name": group,
-            "litellm_params": {
-                "model": PROVIDER_PREFIX + model_id,
-                "api_key": key.secret.get_secret_value(),
-                "api_base": base,
-            },
-            "model_info": {
-                "id": ident,
-                "max_input_tokens": info.context_window,
-                "max_output_tokens": info.max_completion_tokens,
-            },
-        }
-
-    out = [
-        entry(info.id, info.id, key, f"{info.id}{ID_SEP}{key.label}")
-        for info in infos
-        for key in settings.api_keys
-    ]
-    for group in routed_groups:
-        out += [
-            entry(group, info.id, key, f"{group}{ID_SEP}{info.id}{ID_SEP}{key.label}")
-            for info in infos
-            for key in settings.api_keys
-        ]
-    return out
-
-
-# -- the signal the router understands -----------------------------------------------------
-
-
-class GroqCapacityError(RouterRateLimitError):
-    """No Groq key has room for the request now: the router's own fallbacks take over.
-
-    A `litellm.types.router.RouterRateLimitError` (LiteLLM's "No deployments available …
-    Try again in N seconds"), so the router treats it as it treats its own: with
-    `num_retries = 0` it skips the retries and moves to the group's `fallbacks`.
-
-    Attributes:
-        retry_after: Seconds until the earliest Groq key is expected to have room (`None` if
-            unknown).
-    """
-
-    def __init__(self, model: str, retry_after: float | None) -> None:
-        if retry_after is not None and not math.isfinite(retry_after):
-            retry_after = None
-        cooldown = round(retry_after, 3) if retry_after is not None else 0.0
-        super().__init__(model, cooldown, False, [])
-        self.retry_after = retry_after
-        # Read by the router core (`attempt_failure`): no retry inside the group.
-        self.num_retries = 0
-
-
-# -- deployments ---------------------------------------------------------------------------
-
-
-class _Managed(NamedTuple):
-    """A deployment the package shapes: a Groq model on one of its keys."""
-
-    model: str
-    key: ApiKey
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class _Hold:
-    """One reservation, from the pick to the outcome of the call it paid for."""
-
-    grant: Grant
-    group: str
-    started: float
-    deadline: float
-    metadata: Mapping[str, Any]
-    messages: Sequence[Mapping[str, Any]]
-    task_type: str | None = None
-    state: str = _RESERVED
-    call_id: str | None = None
-    stream: bool = False
-    task: weakref.ref[asyncio.Task[Any]] | None = None
-
-
-class _Pick(NamedTuple):
-    """What a pick knows about its request before it reserves."""
-
-    group: str
-    ours: Sequence[tuple[dict[str, Any], _Managed]]
-    metadata: Mapping[str, Any]
-    messages: Sequence[Mapping[str, Any]]
-    task_type: str | None
-
-
-def _resolve_secret(api_key: str | None) -> str | None:
-    """A deployment's key as LiteLLM resolves it for a `groq/` call: `os.environ/NAME` through
-    its secret reader, and `GROQ_API_KEY` when the deployment names none."""
-    if api_key is None:
-        return get_secret_str("GROQ_API_KEY")
-    if api_key.startswith("os.environ/"):
-        return get_secret_str(api_key)
-    return api_key or None
-
-
-def _deployment_id(deployment: Mapping[str, Any]) -> str | None:
-    info = deployment.get("model_info")
-    ident = info.get("id") if isinstance(info, Mapping) else None
-    return ident if isinstance(ident, str) else None
-
-
-def _metadata(request_kwargs: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if not request_kwargs:
-        return {}
-    for name in ("metadata", "litellm_metadata"):
-        md = request_kwargs.get(name)
-        if isinstance(md, Mapping):
-            return md
-    return {}
-
-
-def _hint(md: Mapping[str, Any], *names: str) -> str | None:
-    for name in names:
-        value = md.get(name)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return None
-
-
-def _headers_of(obj: Any) -> Mapping[str, Any] | None:
-    hidden = getattr(obj, "_hidden_params", None)
-    if isinstance(hidden, Mapping):
-        headers = hidden.get("additional_headers")
-        if isinstance(headers, Mapping):
-            return headers
-    return None
-
-
-def _usage_of(response: Any) -> Usage | None:
-    usage = getattr(response, "usage", None)
-    if usage is None:
-        return None
-    if hasattr(usage, "model_dump"):
-        usage = usage.model_dump()
-    return Usage.from_openai(usage) if isinstance(usage, Mapping) else None
-
-
-def _failure_facts(exception: BaseException) -> tuple[int | None, RateLimits, str]:
-    """Status, rate limits and message of a failed attempt, in Groq's terms."""
-    message = str(exception)
-    status = getattr(exception, "status_code", None)
-    if not isinstance(status, int) or isinstance(status, bool):
-        status = None
-    if isinstance(exception, Timeout | APIConnectionError):
-        status = None  # no answer: the call may have reached Groq
-    elif status == 429 and "Request too large" in message:
-        status = 413  # LiteLLM maps Groq's 413 "request too large" to a 429
-    headers = getattr(exception, "litellm_response_headers", None)
-    if not isinstance(headers, Mapping):
-        response = getattr(exception, "response", None)
-        headers = getattr(response, "headers", None)
-    rl = parse_rate_limits(headers if isinstance(headers, Mapping) else None, message)
-    return status, rl, message
-
-
-def _not_served(status: int | None, message: str) -> bool:
-    """Whether a failure is Groq's 404 `model_not_found` or `model_decommissioned`."""
-    if "model_decommissioned" in message or "has been decommissioned" in message:
-        return True
-    return status == 404 and (
-        "model_not_found" in message or "does not exist or you do not have access" in message
-    )
 
 
 # -- the callback --------------------------------------------------------------------------
@@ -1129,248 +823,10 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
-# -- the strategy --------------------------------------------------------------------------
-
-
-class YmeraRoutingStrategy(CustomRoutingStrategyBase):
-    """A routing strategy for `router.register_plugin`: the package picks every deployment.
-
-    For a Groq group it picks the key whose organisation has room, reserving the estimated
-    prompt tokens; for a routed group (`groq-auto`) or a group spanning several Groq models it
-    profiles the request and picks the model too, with the engine's plan and learner. Groups
-    without Groq deployments of its keys get a weighted random pick.
-
-    A registered strategy bypasses LiteLLM's own filtering, so it asks for the deployments a
-    pick may use itself: with `healthy="select"` (the default) through
-    `router.select(model, kind="healthy")`, which applies everything LiteLLM would (cooldowns,
-    paused deployments, tags, teams, pre-call checks, other callbacks' filters); with
-    `healthy="cooldowns"` from the registry minus the deployments cooling down, about 190 µs
-    cheaper per pick and enough for a model list of plain Groq (and other provider)
-    deployments. The sync pick always uses the cooldown store (`select` is async).
-
-    Args:
-        router: The router it is registered on.
-        ymera: The callback of the same engine (it settles what the strategy reserves).
-        healthy: `"select"` or `"cooldowns"` (see above).
-        rng: Randomness for non-Groq groups.
-    """
-
-    def __init__(
-        self,
-        router: Router,
-        ymera: YmeraLiteLLM,
-        *,
-        healthy: Literal["select", "cooldowns"] = "select",
-        rng: random.Random | None = None,
-    ) -> None:
-        if healthy not in ("select", "cooldowns"):
-            raise ValueError(f"healthy must be 'select' or 'cooldowns', got {healthy!r}")
-        self.healthy = healthy
-        self._router = weakref.ref(router)
-        self.ymera = ymera
-        self._rng = rng or random.Random()
-
-    def __repr__(self) -> str:
-        return f"<YmeraRoutingStrategy {self.ymera!r}>"
-
-    @staticmethod
-    def _deployments(router: Any, model: str) -> list[dict[str, Any]]:
-        return [d for d in router.registry().deployments(model) if isinstance(d, dict)]
-
-    def _router_or_fail(self) -> Any:
-        router = self._router()
-        if router is None:
-            raise RuntimeError("the router this strategy was registered on is gone")
-        return router
-
-    def _weighted(self, deployments: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        weights = []
-        for d in deployments:
-            w = (d.get("litellm_params") or {}).get("weight")
-            weights.append(float(w) if isinstance(w, int | float) and w > 0 else 1.0)
-        return self._rng.choices(list(deployments), weights=weights)[0]
-
-    def _pick(self, hold: _Hold, kept: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """The deployment of the reserved key (or another key of its organisation)."""
-        label = hold.grant.key.label
-        for d in kept:
-            m = self.ymera._of(d)
-            if m is not None and m.key.label == label:
-                return d
-        return kept[0]
-
-    async def async_get_available_deployment(  # type: ignore[override]
-        self,
-        model: str,
-        messages: list[dict[str, str]] | None = None,
-        input: str | list[object] | None = None,
-        specific_deployment: bool | None = False,
-        request_kwargs: dict[str, object] | None = None,
-    ) -> dict[str, Any]:
-        router = self._router_or_fail()
-        if self.healthy == "cooldowns" and not specific_deployment:
-            deployments = self._deployments(router, model)
-            ids = [i for d in deployments if (i := _deployment_id(d)) is not None]
-            cooling = await router.health().cooldowns.async_get_active_cooldowns(ids, None)
-            return await self._choose_among(
-                model, _without(deployments, cooling), request_kwargs or {}, messages
-            )
-        request: dict[str, Any] = dict(request_kwargs or {})
-        token = _IN_PICK.set(True)
-        try:
-            healthy = await router.select(
-                model, request, kind="healthy", specific_deployment=specific_deployment
-            )
-        finally:
-            _IN_PICK.reset(token)
-        if isinstance(healthy, Mapping):
-            return dict(healthy)  # a deployment named by its id
-        return await self._choose_among(model, list(healthy), request_kwargs or {}, messages)
-
-    async def _choose_among(
-        self,
-        model: str,
-        healthy: list[Any],
-        request_kwargs: Mapping[str, Any],
-        messages: Any,
-    ) -> dict[str, Any]:
-        ours, others = self.ymera._split(healthy)
-        if not ours:
-            return self._other(model, others, None)
-        hold, kept, retry = await self.ymera._choose(
-            model, ours, request_kwargs, messages, may_wait=not others
-        )
-        return self._pick(hold, kept) if hold is not None else self._other(model, others, retry)
-
-    def _other(
-        self, model: str, others: Sequence[dict[str, Any]], retry: float | None
-    ) -> dict[str, Any]:
-        """A non-Groq deployment of the group, or the signal that none is left."""
-        if not others:
-            raise GroqCapacityError(model, retry)
-        return self._weighted(others)
-
-    def get_available_deployment(  # type: ignore[override]
-        self,
-        model: str,
-        messages: list[dict[str, str]] | None = None,
-        input: str | list[object] | None = None,
-        specific_deployment: bool | None = False,
-        request_kwargs: dict[str, object] | None = None,
-    ) -> dict[str, Any]:
-        router = self._router_or_fail()
-        deployments = self._deployments(router, model)
-        ids = [i for d in deployments if (i := _deployment_id(d)) is not None]
-        healthy = _without(deployments, router.health().cooldowns.get_active_cooldowns(ids, None))
-        if self.ymera.engine.portal.in_portal():
-            raise RuntimeError("the sync pick cannot run on the engine's own loop")
-        ours, others = self.ymera._split(healthy)
-        if not ours:
-            return self._other(model, others, None)
-        hold, kept, retry = self.ymera._choose_sync(
-            model, ours, request_kwargs or {}, messages, may_wait=not others
-        )
-        return self._pick(hold, kept) if hold is not None else self._other(model, others, retry)
-
-
-def _without(deployments: list[dict[str, Any]], cooling: Iterable[Any]) -> list[dict[str, Any]]:
-    """The deployments not in LiteLLM's cooldown list (`(id, info)` pairs)."""
-    cool = {entry[0] for entry in cooling}
-    return [d for d in deployments if _deployment_id(d) not in cool]
-
-
-# -- attaching ------------------------------------------------------------------------------
+# -- one callback per engine ---------------------------------------------------------------
 
 _ATTACHED: dict[int, YmeraLiteLLM] = {}
 _ATTACH_LOCK = threading.Lock()
-
-
-def attach(
-    router: Router,
-    *,
-    settings: YmeraSettings | None = None,
-    engine: Engine | None = None,
-    strategy: bool = False,
-    routed_groups: Sequence[str] = DEFAULT_ROUTED_GROUPS,
-    max_wait: float | None = None,
-    reservation_timeout: float | None = None,
-    healthy: Literal["select", "cooldowns"] = "select",
-) -> YmeraLiteLLM:
-    """Give an existing `Router` the package's quota, routing, learning and accounting.
-
-    Args:
-        router: The router; its `routing_strategy`, `fallbacks`, retries and cooldowns stay.
-        settings: The configuration; default: the environment (ignored when `engine` is given).
-        engine: The engine to share (with `ChatYmeraGroq` and other routers); default:
-            `Engine.shared(settings)`.
-        strategy: `False`: a filter runs before the router's own strategy (which still picks
-            among the keys left); `True`: the package picks (`register_plugin`).
-        routed_groups: Groups whose model the package chooses by the request's profile.
-        max_wait: Seconds a pick may wait for room; default: `settings.max_wait`.
-        reservation_timeout: See `YmeraLiteLLM`.
-        healthy: How the strategy learns which deployments it may pick (see
-            `YmeraRoutingStrategy`); only with `strategy=True`.
-
-    The router's own Groq deployments are adopted as they are: every `groq/<model>` deployment
-    (a model the catalog knows) with its key from `litellm_params.api_key` (a literal,
-    `os.environ/NAME`, or LiteLLM's `GROQ_API_KEY` default), its organisation from
-    `model_info["groq_org"]` when given, otherwise learnt from Groq's answers. Deployments added
-    later (`add_deployment`, `set_model_list`) are adopted the first time a pick sees them.
-
-    Both paths are governed: the async one by the callback filter (or the strategy), the sync
-    one (`router.completion`, `router.text_completion`) by a pre-call check on the deployment
-    the router's strategy picked; `attach` wraps those two sync methods of this router so the
-    check knows the prompt.
-
-    Returns:
-        The callback (one per engine; attaching another router reuses it).
-
-    Warns:
-        UserWarning: The router has no Groq deployment the package can manage (also logged,
-            with the reason).
-    """
-    engine = engine if engine is not None else Engine.shared(settings)
-    ymera = _register(
-        engine,
-        routed_groups=routed_groups,
-        max_wait=max_wait,
-        reservation_timeout=reservation_timeout,
-    )
-    if strategy:
-        router.register_plugin(YmeraRoutingStrategy(router, ymera, healthy=healthy))
-    wrapped = _wrap_sync_endpoints(router)
-    deployments = _router_deployments(router)
-    ours, others = ymera._split(deployments)
-    if not ours:
-        why = _unmanaged_reason(ymera, deployments)
-        logger.warning("attach(): %s", why)
-        warnings.warn(why, UserWarning, stacklevel=2)
-    else:
-        ungoverned = [d for d in others if _is_groq(d)]
-        if ungoverned:
-            logger.warning(
-                "attach(): %s",
-                _unmanaged_reason(ymera, ungoverned, partial=True),
-            )
-        pool = engine.quota.pool
-        keys = {m.key.label: m.key for _, m in ours}
-        logger.info(
-            "attach(): governing %d Groq deployments (%d keys, %d organisations, %d other "
-            "deployments untouched); async path: %s; sync path: %s",
-            len(ours),
-            len(keys),
-            len({pool.organisation(k) for k in keys.values()}),
-            len(others),
-            "the package's strategy picks" if strategy else "quota filter before your strategy",
-            "the package's strategy picks"
-            if strategy
-            else (
-                "pre-call check on your strategy's pick"
-                if wrapped
-                else "pre-call check (prompt size unknown: router.completion not wrapped)"
-            ),
-        )
-    return ymera
 
 
 def _register(
@@ -1397,148 +853,6 @@ def _register(
         if ymera not in litellm.callbacks:
             litellm.logging_callback_manager.add_litellm_callback(ymera)
     return ymera
-
-
-def _router_deployments(router: Any) -> list[Any]:
-    try:
-        found = router.registry().all()
-    except Exception:  # an older surface: the deprecated listing
-        found = router.get_model_list()
-    return list(found or [])
-
-
-def _is_groq(deployment: Any) -> bool:
-    params = deployment.get("litellm_params") if isinstance(deployment, Mapping) else None
-    return isinstance(params, Mapping) and str(params.get("model", "")).startswith(PROVIDER_PREFIX)
-
-
-def _unmanaged_reason(
-    ymera: YmeraLiteLLM, deployments: Sequence[Any], *, partial: bool = False
-) -> str:
-    """Why none of these deployments is one the package can manage (`partial`: the router has
-    others it can)."""
-    groq = [d for d in deployments if _is_groq(d)]
-    if not groq:
-        return (
-            f"the router has no Groq deployment ({len(deployments)} deployments, none with a "
-            "`groq/<model>` litellm_params.model): the package governs nothing on it"
-        )
-    keyless = sum(1 for d in groq if not _resolve_secret(d["litellm_params"].get("api_key")))
-    unknown = sorted(
-        {
-            str(d["litellm_params"]["model"]).removeprefix(PROVIDER_PREFIX)
-            for d in groq
-            if d["litellm_params"]["model"].removeprefix(PROVIDER_PREFIX)
-            not in ymera.engine.catalog
-        }
-    )
-    parts = []
-    if keyless:
-        parts.append(
-            f"{keyless} have no key (no api_key, an unset os.environ/ variable, or no GROQ_API_KEY)"
-        )
-    if unknown:
-        parts.append(f"models not in the catalog: {', '.join(unknown)}")
-    head = (
-        f"{len(groq)} of the router's Groq deployments cannot be governed"
-        if partial
-        else f"none of the router's {len(groq)} Groq deployments can be governed"
-    )
-    return (
-        f"{head}: "
-        + ("; ".join(parts) or "unusable keys")
-        + ". Requests to them go out without quota control."
-    )
-
-
-def _sync_request(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """What the sync pre-call check needs of a `completion` / `text_completion` call."""
-    request = dict(kwargs)
-    if name == "completion":
-        messages = kwargs.get("messages", args[1] if len(args) > 1 else None)
-    else:
-        prompt = kwargs.get("prompt", args[1] if len(args) > 1 else None)
-        messages = [{"role": "user", "content": prompt if isinstance(prompt, str) else str(prompt)}]
-    request["messages"] = messages if isinstance(messages, list) else []
-    return request
-
-
-def _wrap_sync_endpoints(router: Any) -> bool:
-    """Wrap `router.completion` and `router.text_completion` (this router only) so the sync
-    pre-call check can see the request; whether it worked."""
-    ok = True
-    for name in _SYNC_ENDPOINTS:
-        try:
-            current = getattr(router, name)
-            if getattr(current, "_ymera_sync", False):
-                continue
-
-            def endpoint(*args: Any, _orig: Any = current, _name: str = name, **kwargs: Any) -> Any:
-                token = _SYNC_REQUEST.set(_sync_request(_name, args, kwargs))
-                try:
-                    return _orig(*args, **kwargs)
-                finally:
-                    _SYNC_REQUEST.reset(token)
-
-            functools.update_wrapper(endpoint, current)
-            endpoint._ymera_sync = True  # type: ignore[attr-defined]
-            setattr(router, name, endpoint)
-        except Exception:  # a router surface we do not know: the check still runs
-            ok = False
-    return ok
-
-
-# -- the constructor form -------------------------------------------------------------------
-
-
-class YmeraRoutingPlugin:
-    """The package as a LiteLLM routing plugin: `Router(..., plugins=[YmeraRoutingPlugin()])`.
-
-    Constructing it registers the engine's callback (the quota filter and the accounting) in
-    `litellm.callbacks`, as `attach` does; the router's Groq deployments are adopted the first
-    time a pick sees them. Each async pick then runs the plugin (which only records, in
-    `context.signals["ymera"]`, that the package governs the request: the choice of key and
-    model is the filter's, which sees deployments, where a plugin sees only model names) and
-    the filter. LiteLLM 1.110 runs plugins on the async path only and refuses a sync call
-    (`router.completion`) on a router that has plugins; use `attach(router)` for sync callers.
-
-    Args:
-        settings: The configuration; default: the environment (ignored when `engine` is given).
-        engine: The engine to share; default: `Engine.shared(settings)`.
-        routed_groups: Groups whose model the package chooses by the request's profile.
-        max_wait: Seconds a pick may wait for room; default: `settings.max_wait`.
-        reservation_timeout: See `YmeraLiteLLM`.
-    """
-
-    def __init__(
-        self,
-        *,
-        settings: YmeraSettings | None = None,
-        engine: Engine | None = None,
-        routed_groups: Sequence[str] = DEFAULT_ROUTED_GROUPS,
-        max_wait: float | None = None,
-        reservation_timeout: float | None = None,
-    ) -> None:
-        self.engine = engine if engine is not None else Engine.shared(settings)
-        self._options: dict[str, Any] = {
-            "routed_groups": routed_groups,
-            "max_wait": max_wait,
-            "reservation_timeout": reservation_timeout,
-        }
-        self.ymera = _register(self.engine, **self._options)
-
-    def __repr__(self) -> str:
-        return f"<YmeraRoutingPlugin {self.ymera!r}>"
-
-    async def run(self, context: RoutingContext) -> RoutingContext:
-        """Keep the callback registered (something may have reset `litellm.callbacks`) and
-        mark the request as governed; the candidate models are left as they are."""
-        if self.ymera._closed:
-            return context
-        if self.ymera not in litellm.callbacks:
-            self.ymera = _register(self.engine, **self._options)
-        context.signals["ymera"] = "quota filter"
-        return context
 
 
 def _detach(ymera: YmeraLiteLLM) -> None:

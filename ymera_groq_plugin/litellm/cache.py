@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from litellm.caching.base_cache import BaseCache
 from litellm.caching.caching import Cache
 
-from ._portal import get_portal
-from .cache import codec
+from .._portal import get_portal
+from ..cache import codec
 
 if TYPE_CHECKING:
-    from .breaker import CircuitBreaker
-    from .cache import TieredCache
-    from .cache.base import CacheStore
-    from .cache.lru import LRUCache
-    from .engine import Engine
+    from ..breaker import CircuitBreaker
+    from ..cache import TieredCache
+    from ..cache.base import CacheStore
+    from ..cache.lru import LRUCache
+    from ..engine import Engine
 
 __all__ = ["TieredLiteLLMCache", "litellm_cache"]
 
@@ -303,7 +303,7 @@ def litellm_cache(
     """
     if cache is None:
         if engine is None:
-            from .engine import Engine
+            from ..engine import Engine
 
             engine = Engine.shared()
         cache = engine.cache
