@@ -915,23 +915,6 @@ class Engine:
         finally:
             self._recording = False
 
-    def subscribe(
-        self, callback: Callable[[EngineEvent], object], *kinds: type[EngineEvent]
-    ) -> Callable[[], None]:
-        """Call `callback(event)` for each engine event of `kinds` (default: every kind).
-
-        Events are `RequestFinished` (latency and outcome of a request the pipeline served)
-        and `EngineClosed` (see `events.py`). Callbacks run synchronously on the portal
-        thread and must be cheap; one that raises is logged, never raised into a request.
-
-        Returns:
-            A function that unsubscribes.
-
-        Raises:
-            TypeError: A kind is not an engine event class.
-        """
-        return self._events.subscribe(callback, *kinds)
-
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run `hook` on the portal at the start of `aclose`, before any part closes."""
         self._close_hooks.append(hook)
@@ -1196,6 +1179,23 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """Sync twin of `asnapshot`."""
         return self._portal.run(self.asnapshot())
+
+    def subscribe(
+        self, callback: Callable[[EngineEvent], object], *kinds: type[EngineEvent]
+    ) -> Callable[[], None]:
+        """Call `callback(event)` for each engine event of `kinds` (default: every kind).
+
+        Events are `RequestFinished` (latency and outcome of a request the pipeline served)
+        and `EngineClosed` (see `events.py`). Callbacks run synchronously on the portal
+        thread and must be cheap; one that raises is logged, never raised into a request.
+
+        Returns:
+            A function that unsubscribes.
+
+        Raises:
+            TypeError: A kind is not an engine event class.
+        """
+        return self._events.subscribe(callback, *kinds)
 
     def __repr__(self) -> str:
         keys = len(self.settings.api_keys)
