@@ -100,3 +100,16 @@ def test_the_window_forgets_but_the_histogram_counts_every_append() -> None:
     assert list(window) == [30.0, 400.0, 7000.0]
     assert tally.count == 5
     assert sum(tally.counts) == 5
+
+
+def test_a_latency_appended_by_another_writer_reaches_the_engines_histogram() -> None:
+    # The LiteLLM adapter times its calls by appending to `engine.stats.latencies_ms` under
+    # the stats lock; the histogram the monitor publishes must count those too.
+    from ymera_groq_plugin.engine import _Stats
+
+    stats = _Stats()
+    with stats.lock:
+        stats.latencies_ms.append(42.0)
+    window, histogram = stats.latency(512)
+    assert window == [42.0]
+    assert histogram["count"] == 1 and histogram["sum_ms"] == 42.0
