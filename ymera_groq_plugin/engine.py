@@ -48,7 +48,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -72,6 +72,8 @@ from .errors import (
     UpstreamTimeoutError,
     YmeraError,
 )
+from .events import EngineClosed, EngineEvent, RequestFinished, Subscribers
+from .latency import LatencyTally, LatencyWindow
 from .route import MIN_CALL_TIMEOUT, Route
 from .served import NOT_SERVED_CODES
 from .types import ChatRequest, ChatResult, Execution, Plan
@@ -110,10 +112,16 @@ class StreamEvent:
 
 
 class _Stats:
-    """Counters the engine keeps for the monitoring snapshot (per process)."""
+    """Counters the engine keeps for the monitoring snapshot (per process).
 
-    def __init__(self) -> None:
+    Latencies go to a window of the last 2048 (averages, percentiles) that also counts each
+    one in `latency_histogram`, every request since the engine was built. A finished request
+    is announced to `events` subscribers after the lock is released.
+    """
+
+    def __init__(self, events: Subscribers | None = None) -> None:
         self.lock = threading.Lock()
+        self.events = events
         self.requests = 0
         self.succeeded = 0
         self.failed = 0
@@ -123,7 +131,8 @@ class _Stats:
         self.rate_limited_avoided = 0
         self.not_served_received = 0
         self.fallback_used = 0
-        self.latencies_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.latency_histogram = LatencyTally()
+        self.latencies_ms = LatencyWindow(maxlen=_LATENCY_WINDOW, tally=self.latency_histogram)
         self.by_model: Counter[str] = Counter()
         self.tokens_by_model: Counter[str] = Counter()
         self.by_key: Counter[str] = Counter()
@@ -166,13 +175,23 @@ class _Stats:
                 self.by_key[key_label] += 1
 
     def finished(self, started: float, error: BaseException | None = None) -> None:
+        ms = (time.perf_counter() - started) * 1000
         with self.lock:
             if error is None:
                 self.succeeded += 1
-                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+                self.latencies_ms.append(ms)
             else:
                 self.failed += 1
                 self.errors[type(error).__name__] += 1
+        events = self.events
+        if events is not None and events.wants(RequestFinished):
+            events.emit(RequestFinished(ms, error))
+
+    def latency(self, last: int) -> tuple[list[float], dict[str, Any]]:
+        """The `last` most recent latencies (ms) and the histogram, read together."""
+        with self.lock:
+            window = list(self.latencies_ms)
+            return window[-last:] if last > 0 else [], self.latency_histogram.as_dict()
 
 
 class Engine:
@@ -247,7 +266,8 @@ class Engine:
             allow_model_fallback=s.allow_model_fallback,
         )
         self._served: ServedModels | None = None
-        self.stats = _Stats()
+        self._events = Subscribers()
+        self.stats = _Stats(self._events)
         self._started: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._records: DelayedBatcher[Execution] = DelayedBatcher(
@@ -330,9 +350,9 @@ class Engine:
         await self._attach_monitor()
 
     async def _attach_monitor(self) -> None:
-        # After start-up (the monitor starts the engine itself): alert events, the latency
-        # histogram and, with Redis, this worker's share of the fleet's counters, so every
-        # engine reports without code in the worker.
+        # After start-up (the monitor starts the engine itself): alert events and, with Redis,
+        # this worker's share of the fleet's counters, so every engine reports without code
+        # in the worker.
         from .monitor import aattach
 
         try:
@@ -482,10 +502,14 @@ class Engine:
             except Exception as exc:
                 logger.warning("close hook failed: %s: %s", type(exc).__name__, exc)
         self._closed = True
-        from .monitor import monitor_for
-
-        with contextlib.suppress(Exception):
-            await monitor_for(self).aclose()
+        # Subscribers (the monitor's last publish) finish while every part is still open.
+        closing = EngineClosed()
+        self._events.emit(closing)
+        for work in closing.pending:
+            try:
+                await work
+            except Exception as exc:
+                logger.warning("close subscriber failed: %s: %s", type(exc).__name__, exc)
         await self._records.aclose()
         await self.aflush()
         for part in (
@@ -1155,6 +1179,23 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """Sync twin of `asnapshot`."""
         return self._portal.run(self.asnapshot())
+
+    def subscribe(
+        self, callback: Callable[[EngineEvent], object], *kinds: type[EngineEvent]
+    ) -> Callable[[], None]:
+        """Call `callback(event)` for each engine event of `kinds` (default: every kind).
+
+        Events are `RequestFinished` (latency and outcome of a request the pipeline served)
+        and `EngineClosed` (see `events.py`). Callbacks run synchronously on the portal
+        thread and must be cheap; one that raises is logged, never raised into a request.
+
+        Returns:
+            A function that unsubscribes.
+
+        Raises:
+            TypeError: A kind is not an engine event class.
+        """
+        return self._events.subscribe(callback, *kinds)
 
     def __repr__(self) -> str:
         keys = len(self.settings.api_keys)

@@ -42,7 +42,9 @@ Where each part comes from, and so what "fleet" means:
   process that stopped still counts for the day. "Today" starts at the first look at the
   counters after UTC midnight (the publisher looks every second; without Redis, the first
   snapshot). Averages and percentiles are over the union of each process's recent latencies
-  (its last 512 requests); the latency histogram counts every request since monitoring began.
+  (its last 512 requests); the latency histogram (`engine.stats`) counts every request since
+  the engine started, which is when monitoring begins. The monitor reads the engine only
+  through its public surface, and learns of its closing from `Engine.subscribe`.
 - **cache sizes**: L2 (Redis) is shared, so its size is the fleet's; L3 is this host's file; L1
   is summed over the processes' records.
 - **learning**: the learning store is shared (Redis, or the SQLite file of one data directory);
@@ -68,9 +70,11 @@ import threading
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .events import EngineClosed, EngineEvent
+from .latency import LATENCY_BUCKETS_MS, LatencyTally
 from .storage.base import KEY_PREFIX, astorage_errors, dumps, loads, redis_client
 from .storage.redis_url import redis_topology
 
@@ -98,23 +102,6 @@ logger = logging.getLogger(__name__)
 KINDS: tuple[str, str, str, str] = ("rpm", "rpd", "tpm", "tpd")
 LEVELS: tuple[str, str, str] = ("warning", "critical", "emergency")
 
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    5,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1000,
-    2500,
-    5000,
-    10000,
-    30000,
-    60000,
-)
-"""Upper bounds (ms) of the latency histogram's buckets (an implicit `+Inf` follows)."""
-
 _WINDOW = 512
 """Recent latencies each process publishes for fleet averages and percentiles."""
 
@@ -135,56 +122,6 @@ _TIERS = ("l1", "l2", "l3")
 # need before they say anything.
 _CACHE_HIT_FLOOR, _CACHE_MIN_LOOKUPS = 0.5, 100
 _SUCCESS_FLOOR, _SUCCESS_MIN_REQUESTS = 0.9, 20
-
-
-# -- latency histogram --------------------------------------------------------------------
-
-
-class LatencyTally:
-    """A cumulative latency histogram (Prometheus-style buckets, milliseconds)."""
-
-    __slots__ = ("bounds", "count", "counts", "sum_ms")
-
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS_MS) -> None:
-        self.bounds = tuple(float(b) for b in bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        """Observations per bucket (not cumulative); the last one is `+Inf`."""
-        self.count = 0
-        self.sum_ms = 0.0
-
-    def observe(self, ms: float) -> None:
-        i = 0
-        while i < len(self.bounds) and ms > self.bounds[i]:
-            i += 1
-        self.counts[i] += 1
-        self.count += 1
-        self.sum_ms += ms
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "bounds_ms": list(self.bounds),
-            "counts": list(self.counts),
-            "count": self.count,
-            "sum_ms": round(self.sum_ms, 3),
-        }
-
-
-class _TallyDeque(deque[float]):
-    """The engine's latency window, also feeding a cumulative histogram.
-
-    `engine.stats.latencies_ms` keeps only the last 2048 latencies, which cannot make a
-    Prometheus histogram (its counts must only grow). Until the engine's stats keep one
-    themselves, `Monitor` swaps the window for this subclass, which behaves the same and
-    tallies every append. Appends happen under `engine.stats.lock`.
-    """
-
-    def __init__(self, items: Iterable[float], maxlen: int | None, tally: LatencyTally) -> None:
-        super().__init__(items, maxlen)
-        self.tally = tally
-
-    def append(self, value: float) -> None:
-        super().append(value)
-        self.tally.observe(value)
 
 
 # -- the fleet's records --------------------------------------------------------------------
@@ -243,7 +180,7 @@ class FleetStore:
 
 
 class Monitor:
-    """One engine's monitoring: alert log, latency histogram, fleet record, snapshots.
+    """One engine's monitoring: alert log, fleet record, snapshots.
 
     Get it with `attach(engine)` (or `monitor_for(engine)`); there is one per engine. Its
     async methods run on the engine's portal loop.
@@ -274,7 +211,6 @@ class Monitor:
         self.retention = retention
         self.proc_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.started_at = engine.clock()
-        self.tally = LatencyTally()
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=max_recent_alerts)
         self.fleet: FleetStore | None = None
         self._started = False
@@ -283,6 +219,7 @@ class Monitor:
         self._day: str | None = None
         self._baseline: dict[str, Any] = {}
         self._published: tuple[Any, float] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -303,7 +240,7 @@ class Monitor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def astart(self) -> Monitor:
-        """Start the engine, subscribe to quota alerts, tally latencies, start publishing."""
+        """Start the engine, subscribe to quota alerts and its closing, start publishing."""
         engine = self.engine
         portal = engine.portal
         if not portal.in_portal():
@@ -316,7 +253,7 @@ class Monitor:
             return self
         self._started = True
         engine.quota.add_alert_callback(self._on_alert)
-        self._install_tally()
+        self._unsubscribe = engine.subscribe(self._on_engine_event, EngineClosed)
         if engine.settings.redis_url:
             self.fleet = FleetStore.from_url(
                 engine.settings.redis_url, namespace=engine.settings.namespace
@@ -324,19 +261,6 @@ class Monitor:
             self._task = asyncio.get_running_loop().create_task(self._publish_loop())
             _register_live(self)
         return self
-
-    def _install_tally(self) -> None:
-        stats = self.engine.stats
-        with stats.lock:
-            window = getattr(stats, "latencies_ms", None)
-            if isinstance(window, _TallyDeque):
-                self.tally = window.tally
-            elif isinstance(window, deque):
-                # Latencies from before monitoring started are known only as far as the
-                # window reaches; count those, then every new one.
-                for ms in window:
-                    self.tally.observe(ms)
-                stats.latencies_ms = _TallyDeque(window, window.maxlen, self.tally)
 
     async def aclose(self) -> None:
         """Publish a last time and stop (idempotent)."""
@@ -348,6 +272,8 @@ class Monitor:
             return
         self._closed = True
         _LIVE.discard(self)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -362,6 +288,11 @@ class Monitor:
         """Sync twin of `aclose`."""
         with contextlib.suppress(RuntimeError):
             self._portal.run(self.aclose(), timeout=10)
+
+    def _on_engine_event(self, event: EngineEvent) -> None:
+        if isinstance(event, EngineClosed):
+            # Its counters stop moving: publish a last time while the engine is still open.
+            event.wait_until(self.aclose())
 
     def _on_alert(self, alert: Alert) -> None:
         entry = _alert_dict(alert)
@@ -394,10 +325,8 @@ class Monitor:
             # A new day: count from here (the first record of a process counts from its start).
             self._baseline = {} if self._day is None else totals
             self._day = day
-        es = engine.stats
-        with es.lock:
-            window = [round(v, 2) for v in list(es.latencies_ms)[-_WINDOW:]]
-            hist = self.tally.as_dict()
+        recent, hist = engine.stats.latency(_WINDOW)
+        window = [round(v, 2) for v in recent]
         l1 = cache.get("l1") if isinstance(cache.get("l1"), Mapping) else {}
         lookup_ms = {
             tier: round(float(cache[tier].get("mean_lookup_ms") or 0.0), 4)
@@ -776,8 +705,8 @@ async def aattach(engine: Engine) -> Monitor:
 
 
 def attach(engine: Engine) -> Monitor:
-    """Start monitoring an engine: quota alert events, the latency histogram and, with Redis,
-    publishing this process's counters to the fleet (idempotent).
+    """Start monitoring an engine: quota alert events and, with Redis, publishing this
+    process's counters and latencies to the fleet (idempotent).
 
     A snapshot attaches on its own; a worker process that only serves requests should attach
     when it starts, so its counters reach the fleet's view.
