@@ -169,14 +169,4 @@ def redis_dump(url: str, pattern: str = "*") -> dict[bytes, Any]:
 
 async def background_done(engine: Engine) -> None:
     """Let the engine's background work (write-behind cache stores, learning records) end."""
-
-    async def drain() -> None:
-        for _ in range(50):
-            pending = list(engine._background)
-            if engine.cache is not None:
-                pending += list(engine.cache._background)
-            if not pending:
-                return
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    await on_portal(engine, drain())
+    await engine.aflush()
