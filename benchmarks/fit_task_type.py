@@ -1,4 +1,4 @@
-"""Fit the task type model (`ymera_groq_plugin/data/task_type.json`) on calibration + holdout4.
+"""Fit the task type model (`ymera_groq_plugin/data/task_type.json`) on every tuned-on prompt.
 
 Run from the repository root:
 
@@ -10,10 +10,13 @@ per signal table row, per structural signal, and the agent's usual task type): a
 `l2 · |W − s·H|²`, where `H` holds the hand weights (each feature towards its own task type)
 and `s` their scale. The penalty pulls towards the hand table, so a feature the prompts show
 rarely keeps about its hand weight; `s` and `l2` are chosen by 5-fold cross-validation over
-both sets together. Fitting uses numpy (a test extra); the package scores in pure Python.
+all of them. Fitting uses numpy (a test extra); the package scores in pure Python.
 
-`calibration` and `holdout4` are both tuning splits now (holdout4 was measured once, then
-tuned on); `holdout5` is never read here.
+The prompts: `calibration` and `holdout4` (both tuning splits now: holdout4 was measured once,
+then tuned on) and the older `tasks.json` (its splits were each tuned on by earlier passes).
+Fitting on the older prompts too lifts the accuracy on a set written by another hand: weights
+fitted on calibration alone score 79.6 % on holdout4, on calibration + tasks.json 83.7 %.
+`holdout5` is never read here.
 """
 
 from __future__ import annotations
@@ -36,18 +39,22 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.unit_tests.test_classify import labelled_request, labelled_set  # noqa: E402
+from tests.unit_tests.test_classify import (  # noqa: E402
+    labelled_request,
+    labelled_set,
+    labelled_tasks,
+)
 from ymera_groq_plugin.routing.classify import PRIOR, task_features  # noqa: E402
 from ymera_groq_plugin.types import TASK_TYPES  # noqa: E402
 
 OUT = ROOT / "ymera_groq_plugin" / "data" / "task_type.json"
-FITTED_ON = ("calibration", "holdout4")
+FITTED_ON = ("calibration", "holdout4", "tasks")
 CLASSES = tuple(TASK_TYPES)
 KEYS = tuple(PRIOR)
 PRUNE = 0.1
 """Weights smaller than this are dropped (also in cross-validation): fewer additions per call."""
-SCALES = (0.5, 1.0, 1.5)
-L2S = (0.0003, 0.001, 0.003, 0.01)
+SCALES = (0.5, 1.0)
+L2S = (0.001, 0.003, 0.01)
 Row = tuple[dict[str, float], int]
 
 
@@ -55,7 +62,7 @@ def rows_of(names: Sequence[str]) -> list[Row]:
     """(features, class index) of every prompt of the named sets."""
     out: list[Row] = []
     for name in names:
-        for t in labelled_set(name):
+        for t in labelled_tasks() if name == "tasks" else labelled_set(name):
             out.append((task_features(labelled_request(t)), CLASSES.index(t["task_type"])))
     return out
 
@@ -146,6 +153,16 @@ def cross_validate(
     return ok / len(rows)
 
 
+def one_set_out(
+    cal: Sequence[Row], hold: Sequence[Row], old: Sequence[Row], scale: float, l2: float
+) -> tuple[float, float]:
+    """Accuracy on holdout4, then on calibration, each left out of the fit (the other two in)."""
+    return (
+        accuracy(fit([*cal, *old], scale, l2), hold),
+        accuracy(fit([*hold, *old], scale, l2), cal),
+    )
+
+
 def chosen() -> tuple[float, float]:
     """The (scale, l2) of the embedded model."""
     doc: dict[str, Any] = json.loads(OUT.read_text("utf-8"))
@@ -157,8 +174,8 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     args = parser.parse_args()
 
-    cal, hold = rows_of(["calibration"]), rows_of(["holdout4"])
-    rows = cal + hold
+    cal, hold, old = rows_of(["calibration"]), rows_of(["holdout4"]), rows_of(["tasks"])
+    rows = cal + hold + old
     print(f"{' + '.join(FITTED_ON)}: {len(rows)} prompts, {len(KEYS)} features")
     hand = Fit(_HAND.copy(), np.zeros(len(CLASSES)), 1.0, 0.0)
     print(f"  hand weights alone (no fit): {accuracy(hand, rows):.1%}")
@@ -170,10 +187,10 @@ def main() -> None:
             if acc > best[2]:
                 best = (scale, l2, acc)
     scale, l2, cv = best
-    across = (accuracy(fit(cal, scale, l2), hold), accuracy(fit(hold, scale, l2), cal))
+    on_hold, on_cal = one_set_out(cal, hold, old, scale, l2)
     print(
-        f"chosen scale {scale:g}, l2 {l2:g}: 5-fold {cv:.1%}; fitted on calibration → "
-        f"holdout4 {across[0]:.1%}; fitted on holdout4 → calibration {across[1]:.1%}"
+        f"chosen scale {scale:g}, l2 {l2:g}: 5-fold {cv:.1%}; holdout4 left out of the fit: "
+        f"{on_hold:.1%}; calibration left out of the fit: {on_cal:.1%}"
     )
     model = fit(rows, scale, l2)
     print(f"fitted on all: {accuracy(model, rows):.1%} (in-sample)")
@@ -188,8 +205,9 @@ def main() -> None:
         "about": (
             "Task type model: multinomial logistic regression over the task features of "
             "routing/classify.py, fitted by benchmarks/fit_task_type.py on calibration + "
-            f"holdout4 ({len(rows)} prompts; both tuning splits), L2 towards the hand weights "
-            f"× {scale:g} (l2 {l2:g}), chosen by 5-fold cross-validation: {cv:.1%}."
+            f"holdout4 + tasks.json ({len(rows)} prompts, all tuning splits), L2 towards the "
+            f"hand weights × {scale:g} (l2 {l2:g}), chosen by 5-fold cross-validation: "
+            f"{cv:.1%}. Never fitted on holdout5."
         ),
         "classes": list(CLASSES),
         "prior_scale": scale,

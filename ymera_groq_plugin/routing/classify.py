@@ -576,9 +576,15 @@ class _Cues:
         modify_at: list[int] = []
         tail_at: list[int] = []
         make_at: list[int] = []
+        meta = _CUES_M.meta
         for sig, start, length in _CUES_M.find(tokens):
-            name = _CUES_M.meta[sig][0]
-            found.setdefault(name, set()).add(" ".join(tokens[start:start + length]))
+            name = meta[sig][0]
+            phrase = tokens[start] if length == 1 else " ".join(tokens[start:start + length])
+            got = found.get(name)
+            if got is None:
+                found[name] = {phrase}
+            else:
+                got.add(phrase)
             if name == "modify":
                 modify_at.append(start)
             elif name == "modify_tail":
@@ -691,7 +697,7 @@ def _task_scores(
             c = counts.get(sig, 0)
             counts[sig] = c + 1
             if c == 0:
-                first[sig] = " ".join(part[start:start + length])
+                first[sig] = part[start] if length == 1 else " ".join(part[start:start + length])
         for sig, c in counts.items():
             _add(feats, why, keys[sig], first[sig], weight * _REPEAT[min(c, 3) - 1])
 
@@ -760,7 +766,9 @@ def _task_scores(
             _add(feats, why, "non-Latin script (a little)", "some non-Latin script")
     else:
         utoks = _TOKEN.findall(ulower) if system else words
-        hits = sum(1 for w in utoks if w in _FOREIGN or w.startswith(_ELISIONS))
+        hits = sum(map(_FOREIGN.__contains__, utoks))
+        if "'" in ulower:  # elided articles ("l'heure"): the rare prompt with an apostrophe
+            hits += sum(1 for w in utoks if w not in _FOREIGN and w.startswith(_ELISIONS))
         if hits >= 3:
             accents = len(_ACCENTED.findall(ulower))
             # English shares a few of these words ("a", "on"), so ask for a real share of them,
