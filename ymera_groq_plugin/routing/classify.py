@@ -33,6 +33,7 @@ words, the task type, the agent class's `complexity_bias`) with fitted weights: 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -528,6 +529,7 @@ _SQL = re.compile(
 )
 _SQL_HINTS = ("select", "insert", " set ", "delete from", "table", "index", "view", "explain",
               "seq scan", "group by")
+_SQL_HINT = re.compile("|".join(re.escape(h) for h in _SQL_HINTS))
 _DIFF_LINES = re.compile(r"^[+-](?![+-])\S", re.M)
 _LOG_LINES = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d", re.M)
 _MATH = re.compile(r"\d\s*[a-z]\^\d|[a-z]\^\d\s*[-+=]|\b\d+[a-z]\s*[-+]\s*\d+\s*=")
@@ -732,7 +734,7 @@ def _task_scores(
         _STACK.search(text)
     ):
         _add(feats, why, "stack trace", "stack trace")
-    if any(h in lower for h in _SQL_HINTS) and _SQL.search(lower):
+    if _SQL_HINT.search(lower) and _SQL.search(lower):
         _add(feats, why, "SQL statement", "SQL statement")
     if ("\n+" in text or "\n-" in text) and "diff block" not in feats and (
         len(_DIFF_LINES.findall(text)) >= 3
@@ -863,6 +865,30 @@ def complexity_features(
     return x, tokens
 
 
+_AGENTS: dict[int, tuple[weakref.ref[Policy], dict[str, AgentMatch | None]]] = {}
+"""id(policy) -> (the policy, agent name -> its match): `Policy.agent` reads pydantic private
+attributes, several microseconds a call; a plain dict lookup costs a fraction of that."""
+
+
+def _agent(policy: Policy, name: str | None) -> AgentMatch | None:
+    if not name:
+        return None
+    entry = _AGENTS.get(id(policy))
+    if entry is None or entry[0]() is not policy:
+        if len(_AGENTS) >= 64:
+            _AGENTS.clear()
+        entry = (weakref.ref(policy), {})
+        _AGENTS[id(policy)] = entry
+    memo = entry[1]
+    if name in memo:
+        return memo[name]
+    found = policy.agent(name)
+    if len(memo) >= 4096:
+        memo.clear()
+    memo[name] = found
+    return found
+
+
 def _metadata_hint(metadata: Mapping[str, Any], *keys: str) -> tuple[str, str] | None:
     for k in keys:
         v = metadata.get(k)
@@ -906,7 +932,7 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
     agent_source = "request"
     if not agent_name and (ahint := _metadata_hint(md, "agent_name", "ymera_agent_name")):
         agent_name, agent_source = ahint[0], f"metadata {ahint[1]}"
-    match = policy.agent(agent_name)
+    match = _agent(policy, agent_name)
     bias = 0.0
     if agent_name and match is not None:
         bias = policy.agent_classes[match.agent_class].complexity_bias

@@ -27,7 +27,7 @@ __all__ = ["TaskModel", "decide", "load_task_model"]
 class TaskModel:
     """The fitted model: a bias per task type, sparse weights per feature."""
 
-    __slots__ = ("about", "bias", "classes", "index", "prior_scale", "weights")
+    __slots__ = ("about", "bias", "by_class", "classes", "index", "prior_scale", "weights")
 
     def __init__(
         self,
@@ -45,6 +45,8 @@ class TaskModel:
             k: tuple((self.index[c], float(w)) for c, w in row.items())
             for k, row in weights.items()
         }
+        # The same weights by class index, for the contribution of a feature to one class.
+        self.by_class: dict[str, dict[int, float]] = {k: dict(r) for k, r in self.weights.items()}
         self.prior_scale = prior_scale
         self.about = about
 
@@ -68,12 +70,9 @@ class TaskModel:
         self, key: str, value: float, task: int, prior: Mapping[str, tuple[str, float]]
     ) -> float:
         """How much one feature pushed the task type of index `task`."""
-        row = self.weights.get(key)
+        row = self.by_class.get(key)
         if row is not None:
-            for j, w in row:
-                if j == task:
-                    return value * w
-            return 0.0
+            return value * row.get(task, 0.0)
         p = prior.get(key)
         if p is not None and self.index[p[0]] == task:
             return value * p[1] * self.prior_scale
@@ -106,22 +105,19 @@ def decide(
         return "general", "no task signal: general"
     m = model or load_task_model()
     logits = m.logits(feats, prior)
-    best = max(range(len(logits)), key=logits.__getitem__)
-    top = logits[best]
-    total = 0.0
-    second, second_z = best, -math.inf
-    for j, z in enumerate(logits):
-        total += math.exp(z - top)
-        if j != best and z > second_z:
-            second, second_z = j, z
+    top = max(logits)
+    best = logits.index(top)
+    exps = [math.exp(z - top) for z in logits]
+    total = sum(exps)
+    exps[best] = 0.0
+    runner_up = max(exps)
+    p2 = runner_up / total
     # The signals that pushed the winner, strongest first; the runner-up by its probability.
-    pushed = sorted(
-        ((m.contribution(k, v, best, prior), k) for k, v in feats.items()), reverse=True
-    )
-    names = [labels.get(k, k) for c, k in pushed[:4] if c > 0.05]
+    pushed = [(c, k) for k, v in feats.items() if (c := m.contribution(k, v, best, prior)) > 0.05]
+    pushed.sort(reverse=True)
+    names = [labels.get(k, k) for _, k in pushed[:4]]
     task = m.classes[best]
     reason = f"signals: {task} p={1 / total:.2f}" + (f" ({', '.join(names)})" if names else "")
-    p2 = math.exp(second_z - top) / total
     if p2 >= 0.1:
-        reason += f"; then {m.classes[second]} p={p2:.2f}"
+        reason += f"; then {m.classes[exps.index(runner_up)]} p={p2:.2f}"
     return task, reason
