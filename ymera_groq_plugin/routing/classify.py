@@ -126,10 +126,10 @@ class _Matcher:
                 else:
                     self._index_phrase(toks, sig)
         self.stem_lengths = sorted({len(k) for k in self.stems})
-        # Token -> its single-token signals. Vocabularies repeat from request to request, so
-        # the stem loop runs once per distinct token; bounded so odd input cannot grow it.
-        self._single: dict[str, tuple[int, ...]] = {}
-        self._starts: dict[str, tuple[tuple[tuple[Any, ...], int], ...]] = {}
+        # Token -> (phrases starting with it, its single-token signals), or `_NOTHING`.
+        # Vocabularies repeat from request to request, so the stem loop runs once per distinct
+        # token; bounded so odd input cannot grow it.
+        self._memo: dict[str, tuple[tuple[tuple[tuple[Any, ...], int], ...], tuple[int, ...]]] = {}
 
     def _index_single(self, tok: Any, sig: int) -> None:
         if isinstance(tok, str):
@@ -151,9 +151,6 @@ class _Matcher:
             self.stem_phrases.append((toks, sig))
 
     def _singles(self, tok: str) -> tuple[int, ...]:
-        found = self._single.get(tok)
-        if found is not None:
-            return found
         sigs = list(self.words.get(tok, ()))
         for length in self.stem_lengths:
             if length > len(tok):
@@ -161,37 +158,34 @@ class _Matcher:
             for sig in self.stems.get(tok[:length], ()):
                 if sig not in sigs:
                     sigs.append(sig)
-        found = tuple(sigs)
-        if len(self._single) >= _SINGLE_MEMO:
-            self._single.clear()
-        self._single[tok] = found
-        return found
+        return tuple(sigs)
 
-    def _candidates(self, tok: str) -> tuple[tuple[tuple[Any, ...], int], ...]:
-        """The phrases that may start at `tok`, longest first (memoised like `_singles`)."""
-        found = self._starts.get(tok)
-        if found is not None:
-            return found
+    def _entry(self, tok: str) -> tuple[tuple[tuple[tuple[Any, ...], int], ...], tuple[int, ...]]:
+        """The phrases that may start at `tok` (longest first) and its single-token signals."""
         cands = [*self.phrases.get(tok, ()), *self.stem_phrases]
         cands.sort(key=lambda c: -len(c[0]))
-        found = tuple(cands)
-        if len(self._starts) >= _SINGLE_MEMO:
-            self._starts.clear()
-        self._starts[tok] = found
-        return found
+        single = self._singles(tok)
+        entry = (tuple(cands), single) if cands or single else _NOTHING
+        if len(self._memo) >= _SINGLE_MEMO:
+            self._memo.clear()
+        self._memo[tok] = entry
+        return entry
 
     def find(self, tokens: list[str]) -> list[tuple[int, int, int]]:
         """Every match as (signal, start position, length)."""
         out: list[tuple[int, int, int]] = []
         n = len(tokens)
         i = 0
-        starts = self._starts
-        singles = self._single
+        memo = self._memo
         while i < n:
             tok = tokens[i]
-            cands = starts.get(tok)
-            if cands is None:
-                cands = self._candidates(tok)
+            entry = memo.get(tok)
+            if entry is None:
+                entry = self._entry(tok)
+            if entry is _NOTHING:  # most tokens of most prompts: nothing to find
+                i += 1
+                continue
+            cands, single = entry
             if cands:
                 best = 0
                 for toks, sig in cands:
@@ -204,13 +198,13 @@ class _Matcher:
                 if best:
                     i += best
                     continue
-            single = singles.get(tok)
-            if single is None:
-                single = self._singles(tok)
             for sig in single:
                 out.append((sig, i, 1))
             i += 1
         return out
+
+
+_NOTHING: tuple[tuple[tuple[tuple[Any, ...], int], ...], tuple[int, ...]] = ((), ())
 
 
 def _parse_token(t: str) -> Any:
