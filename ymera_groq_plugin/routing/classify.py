@@ -21,8 +21,9 @@ Heuristics come second. Several signals are weighed together, each recorded in
 
 Only the system message(s) and the last user message are read for task signals (the head
 and tail of each, so a 1 MB paste costs the same as a short one); the size counts every
-message and the tool schemas. The highest-scoring task type wins when it scores at least
-`_MIN_SCORE`, else the request is `general`.
+message and the tool schemas. Each signal is a feature; a multinomial logistic model with
+fitted weights (`task_model.py`, `data/task_type.json`) picks the most probable task type; a
+request without any signal is `general`.
 
 Complexity is a separate score over signals of hard work (deliverables, design and proof
 verbs, scale, steps and constraints, requested output size, real against claimed size, cue
@@ -545,7 +546,6 @@ _MIN_INSTRUCTION_WORDS = 6
 # "60M citizens", "50k orders/s", "1,200 tables", "300 teams": numbers that speak of scale.
 _BIG_NUMBER = re.compile(r"\b(?:\d{1,3}(?:,\d{3})+|[1-9]\d{2,}|\d+(?:\.\d+)?[kKmMbB])\b")
 
-_MIN_SCORE = 1.5
 _REPEAT = (1.0, 1.5, 1.75)  # 1st, 2nd, 3rd+ occurrence of one signal: diminishing returns
 
 
