@@ -246,6 +246,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("code_generation", 1.0, "compiler|interpreter|simulator|type checker|emulator|training loop"),
     ("code_generation", 0.5, "numpy|pandas|xarray|pytorch|tensorflow|cuda|fortran|c++|scala|ruby"),
     ("code_generation", 0.5, "php|haskell|elixir|sdk|cli|vectoris*|vectoriz*"),
+    ("code_generation", 1.0, "awk|sed|jq|powershell|cmd|shell command|asyncio|coroutine*"),
     ("code_generation", 1.5, "{port,porting} {the,our,this,these,it,a,an}|{port,porting} * to"),
     ("code_generation", 1.5, "write {a,an,the} {small,simple,quick,robust,tiny} *|build {a,an}"),
     ("code_generation", 0.5, "generics"),
@@ -320,6 +321,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("architecture", 2.0, "caching layer|mermaid|c4 model|strangler*"),
     ("architecture", 2.0, "fit together|how * should fit|broker|mqtt|ingestion|topology"),
     ("architecture", 1.5, "sketch how|store-and-forward|edge devices|gateway|queueing|queue"),
+    ("architecture", 1.5, "{backend,system} pieces|lay out the|name of the pattern|pattern where"),
     # security
     ("security", 3.0, "security|secure|vulnerab*|cve-*|xss|csrf|owasp|threat model*"),
     ("security", 3.0, "sql injection|injection|pentest*|exploit*|hardening|malware"),
@@ -335,6 +337,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("security", 2.0, "abuse|abused|malicious|internal network|metadata endpoint"),
     ("security", 3.0, "firewall|ransomware|phishing|active directory|kerberos|zero trust"),
     ("security", 2.0, "permissive|too open|least privilege|iam|mfa|2fa|ldap|lateral movement"),
+    ("security", 2.0, "pci|pci dss|hsm|soc 2|iso 27001|hipaa|security assessment"),
     # api_design
     ("api_design", 3.0, "openapi|swagger|graphql|grpc|protobuf|rest api|restful"),
     ("api_design", 2.0, "api|apis|endpoint|endpoints|webhook|webhooks|http method*|status code*"),
@@ -381,6 +384,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("formatting", 1.0, "snake_case|camelcase|kebab-case|line length|trailing comma*|group"),
     ("formatting", 2.0, "readable style|uppercase keywords|one clause per line|wrap each"),
     ("formatting", 2.0, "double quotes|single quotes|join them with commas"),
+    ("formatting", 2.0, "tidy|messy|clean up|cleanup|neatly"),
     # reasoning
     ("reasoning", 3.0, "prove|proof|solve|probability|puzzle|riddle|fermi|induction"),
     ("reasoning", 2.5, "math*|equation*|derive|expected {number,value}|logic puzzle"),
@@ -416,6 +420,9 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("long_context", 3.0, "{whole,entire,full} {requirements,log,transcript,agreement,msa}"),
     ("long_context", 3.0, "requirements {spec,specification,document}|master services agreement"),
     ("long_context", 2.0, "pasted below|below, concatenated|transcript|transcripts"),
+    ("long_context", 2.0, "{entire,whole,full,complete} {protocol,chapter,export,dump,thread}"),
+    ("long_context", 2.0, "{entire,whole,full,complete} {history,book,study,sbom,inventory}"),
+    ("long_context", 1.0, "export|dump|every ticket|each ticket|tickets|below is our"),
     # multilingual
     ("multilingual", 3.0, "translat*|locali*|i18n|l10n"),
     ("multilingual", 0.5, "japanese|chinese|korean|spanish|french|german|portuguese|italian"),
@@ -425,6 +432,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("multilingual", 1.5, "{in,into,to,from} {dutch,polish,vietnamese,thai}|native speaker*"),
     ("multilingual", 1.5, "{japanese,chinese,korean,spanish,french,german} {text,version,copy}"),
     ("multilingual", 2.0, "{in,into,to,en} {english,inglés,anglais,englisch}|mean in"),
+    ("multilingual", 1.5, "{mexican,brazilian,latin,japanese,german,french,spanish} market"),
     # moderation: content judged against a policy (the safety classifier's only work)
     ("moderation", 3.0, "moderation|moderate {this,these,the}|moderator|content policy"),
     ("moderation", 3.0, "community guidelines|acceptable use policy|trust and safety"),
@@ -439,6 +447,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("moderation", 1.5, "unsafe|hateful|violent|graphic|explicit|offensive|threatening"),
     ("moderation", 1.0, "policy|flagged|user-generated|ban|banned|removal"),
     ("moderation", 0.5, "allow|block|flag|post|posts|comment|comments|tweet|tweets"),
+    ("moderation", 3.0, "content-moderation|trust-and-safety|content moderation"),
     # general (weak: general is also what wins when nothing else does)
     ("general", 1.0, "fun fact|newsletter|email|offsite|agenda|job posting|books|ideas"),
     ("general", 1.0, "brainstorm|advice|help me think|recipe|travel|gift|lunch|birthday"),
@@ -525,6 +534,9 @@ _SQL = re.compile(
 _SQL_HINTS = ("select", "insert", " set ", "delete from", "table", "index", "view", "explain",
               "seq scan", "group by")
 _SQL_HINT = re.compile("|".join(re.escape(h) for h in _SQL_HINTS))
+_CONTENT_LABEL = re.compile(
+    r"\s*(?:post|reply|comment|message|tweet|dm|caption|bio|username)\b[^:\n]{0,30}:", re.I
+)
 _DIFF_LINES = re.compile(r"^[+-](?![+-])\S", re.M)
 _LOG_LINES = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d", re.M)
 _MATH = re.compile(r"\d\s*[a-z]\^\d|[a-z]\^\d\s*[-+=]|\b\d+[a-z]\s*[-+]\s*\d+\s*=")
@@ -634,6 +646,7 @@ _STRUCTURAL: dict[str, tuple[str, float]] = {
     "long-context size": ("long_context", 10.0),
     "half long-context size": ("long_context", 2.5),
     "long pasted material": ("long_context", 2.0),
+    "content to judge": ("moderation", 2.0),
 }
 
 Features = dict[str, float]
@@ -738,6 +751,9 @@ def _task_scores(
         _add(feats, why, "log lines", "log lines")
     if ("^" in lower or "=" in lower) and _MATH.search(lower):
         _add(feats, why, "equation", "equation")
+    if ":" in user and _CONTENT_LABEL.match(user):
+        # `Post: "…"`, `Reply in #general: "…"`: a moderation queue hands over content.
+        _add(feats, why, "content to judge", "content to judge")
     if "%" in lower and _PERCENT.search(lower):
         _add(feats, why, "percentage arithmetic", "percentage arithmetic")
     if "/" in lower and _ROUTE.search(lower):
