@@ -292,6 +292,9 @@ class YmeraSettings(BaseSettings):
     """LiteLLM model strings to use when every Groq model is out (e.g. `mistral/mistral-small`)."""
     exploration_rate: float = Field(default=0.1, ge=0, le=1)
     """How often the learner tries a model other than its current best."""
+    quality_floor: float = Field(default=0.5, ge=0, le=1)
+    """Mean answer quality (0..1) under which a model's speed stops counting for the learner,
+    when another candidate of the same (agent, task) scores at or above it."""
     learning_recent_max: int = Field(default=10_000, gt=0)
     """Recent executions kept in memory (with Redis), so feedback works while Redis is away."""
 

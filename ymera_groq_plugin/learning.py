@@ -31,11 +31,12 @@ and goes further:
   any one at random. `exploration_rate=0` turns exploration off altogether: the best mean,
   the original plan's rule;
 - **a quality floor**: speed does not buy back answers that are not good enough. A model
-  whose mean quality is under `quality_floor` (0.5) while another candidate's is at or above
-  it scores no speed term. Without it, a small fast model whose answers score low (0.4)
-  ties with a large one whose answers score well (0.85) under the plan's weights, and the
-  router keeps sending that agent's work to the small model; with it, low scores on the
-  small model (feedback, or failures, which score 0) shift the agent × task to the large one;
+  whose mean quality is under `quality_floor` (0.5; the setting `YMERA_QUALITY_FLOOR`) while
+  another candidate's is at or above it scores no speed term. Without it, a small fast model
+  whose answers score low (0.4) ties with a large one whose answers score well (0.85) under
+  the plan's weights, and the router keeps sending that agent's work to the small model; with
+  it, low scores on the small model (feedback, or failures, which score 0) shift the agent ×
+  task to the large one;
 - **decay**: evidence loses half its weight every `half_life` seconds (the injected clock),
   so means follow a model that got worse, and stale evidence widens the posteriors (more
   exploration of what has not been seen lately). The thresholds above count executions
@@ -293,7 +294,7 @@ class Learner:
     def from_settings(cls, settings: YmeraSettings, *, clock: Clock = time.time) -> Learner:
         """The learner for a configuration: Redis when `redis_url` is set (buffered locally
         while Redis is unreachable, see `storage.resilient`), else SQLite at
-        `data_dir/learning.db`; the settings' namespace and exploration rate."""
+        `data_dir/learning.db`; the settings' namespace, exploration rate and quality floor."""
         if settings.redis_url:
             url = settings.redis_url
         else:
@@ -305,7 +306,13 @@ class Learner:
             clock=clock,
             remember=settings.learning_recent_max,
         )
-        return cls(store, exploration_rate=settings.exploration_rate, clock=clock)
+        return cls(
+            store,
+            exploration_rate=settings.exploration_rate,
+            quality_floor=settings.quality_floor,
+            clock=clock,
+        )
+
 
     def __repr__(self) -> str:
         with self._lock:

@@ -42,18 +42,25 @@ def labelled_tasks() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(DATA.read_text("utf-8")))
 
 
-SETS = ("calibration", "holdout4")
-"""Separate labelled files, written by a helper who never opened the classifier (issue 16):
-`calibration` (349 prompts) is what the complexity weights are fitted on and the signals were
-tuned on; `holdout4` (147) was measured once after that and never tuned on."""
+SETS = ("calibration", "holdout4", "holdout5")
+"""Separate labelled files, written by helpers who never opened the classifier (issue 16):
+`calibration` (349 prompts) was tuned on from the start; `holdout4` (147) was measured once
+(task type 72.8 %, complexity 79.6 %, complex found 85 %) and then became a tuning split too:
+the signal words were extended from the misses of both, and the task type and complexity
+weights are fitted on both. `holdout5`, written later by an independent writer, is never
+tuned on (its file may not exist yet: then it is empty)."""
+
+NEVER_TUNED = ("holdout5",)
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def labelled_set(name: str) -> tuple[dict[str, Any], ...]:
-    """`calibration` or `holdout4`, each entry with its `split` set to the file's name."""
+    """A set of `SETS`, each entry with its `split` set to the file's name."""
     if name not in SETS:
         raise ValueError(name)
     path = DATA.parent / f"{name}.json"
+    if name in NEVER_TUNED and not path.exists():
+        return ()
     return tuple({**t, "split": name} for t in json.loads(path.read_text("utf-8")))
 
 
@@ -154,8 +161,11 @@ def test_accuracy_on_the_labelled_set() -> None:
     report = {s: accuracy(s) for s in ("tuning", "holdout1", "holdout2", "holdout3", None)}
     for split, (task, cx, n, _) in report.items():
         print(f"{split or 'all'} (n={n}): task type {task:.1%}, complexity {cx:.1%}")
-    # Floors a little under the measured figures (tuning 96.4, holdout1 and 2 100, holdout3
-    # 81.2 %): a guard against regressions, not a claim; holdout3 is the honest figure.
+    # Floors a little under the measured figures (tuning 99.3, holdout1 and 2 100, holdout3
+    # 93.8 %): a guard against regressions, not a claim. Since issue 16 the task type weights
+    # are fitted on these prompts too (with calibration and holdout4), so every split here is
+    # in-sample; holdout3 scored 81.2 % before that, 83.3 % with weights fitted on
+    # calibration + holdout4 only.
     assert report["tuning"][0] >= 0.93
     assert report["holdout2"][0] >= 0.90
     assert report["holdout3"][0] >= 0.78
@@ -179,14 +189,16 @@ def _set_accuracy(name: str) -> tuple[float, float, float]:
 
 
 def test_accuracy_on_calibration_and_holdout4() -> None:
-    """Floors a little under the figures measured once, after all tuning (calibration: task
-    type 91.1 %, complexity 90.0 % in-sample, 82 % in 5-fold cross-validation, complex found
-    91 %; holdout4: task type 72.8 %, complexity 79.6 %, complex found 85 %). Regression
-    guards, not claims; holdout4 was never tuned on."""
+    """Floors a little under the measured figures. Both sets are tuned on now (holdout4 was
+    measured once before: task type 72.8 %, complexity 79.6 %, complex found 85 %), so these
+    are in-sample: calibration task type 98.6 %, complexity 86.5 %, complex found 88 %;
+    holdout4 99.3 %, 82.3 %, 88 %. The out-of-sample task type figures are in
+    `bench_classifier.py` (5-fold cross-validation 95.1 %; holdout4 left out of the fit 93.9 %,
+    but its misses chose some signal words). Regression guards, not claims."""
     cal, hold = _set_accuracy("calibration"), _set_accuracy("holdout4")
     print(f"calibration: {cal}; holdout4: {hold}")
-    assert cal[0] >= 0.88 and cal[1] >= 0.86 and cal[2] >= 0.85
-    assert hold[0] >= 0.70 and hold[1] >= 0.76 and hold[2] >= 0.80
+    assert cal[0] >= 0.95 and cal[1] >= 0.83 and cal[2] >= 0.85
+    assert hold[0] >= 0.95 and hold[1] >= 0.79 and hold[2] >= 0.82
 
 
 # -- explicit hints ----------------------------------------------------------------------------
@@ -251,7 +263,8 @@ def test_user_policy_agent_patterns_come_first() -> None:
     policy = load_policy(overrides={
         "agents": [{"pattern": "zq", "class": "multilingual", "task_type": "multilingual"}]
     })
-    p = classify(req("hello there", agent_name="zq-17"), policy)
+    # Text without task words: the agent's usual task type (from the user's pattern) decides.
+    p = classify(req("please take this one", agent_name="zq-17"), policy)
     assert p.task_type == "multilingual"
 
 
@@ -368,16 +381,49 @@ def test_calibration_and_holdout4_sets_are_broad_and_well_formed() -> None:
     assert not {t["text"] for t in calibration} & {t["text"] for t in holdout}
 
 
-def test_weights_are_data_fitted_on_calibration_only() -> None:
+def test_weights_are_data_fitted_on_the_tuning_splits_only() -> None:
     from ymera_groq_plugin.routing.complexity import load_weights
 
     w = load_weights()
-    assert "'calibration' split only" in w.about and "Never fitted on holdout4" in w.about
+    assert "calibration + holdout4" in w.about and "Never fitted on holdout5" in w.about
     assert w.theta[0] < w.theta[1]
     # The signals of hard work push towards complex, asking for little pulls back.
     for name in ("design", "proof", "hard_artefact", "scale"):
         assert w.weights[name] > 0, name
     assert w.weights["output_small"] < 0 or w.weights["fact_question"] < 0
+
+
+def test_task_type_weights_are_data_and_reasons_name_the_deciding_signals() -> None:
+    from ymera_groq_plugin.routing.classify import PRIOR
+    from ymera_groq_plugin.routing.task_model import load_task_model
+
+    m = load_task_model()
+    assert "Never fitted on holdout5" in m.about
+    assert m.classes == tuple(TASK_TYPES)
+    # Every fitted feature is a known signal; a fitted signal still points at its own task.
+    assert set(m.weights) <= set(PRIOR)
+    own = [k for k in m.weights if k.startswith("testing: unit test")]
+    assert own and all(dict(m.weights[k])[TASK_TYPES.index("testing")] > 0 for k in own)
+    p = classify(req("Write pytest unit tests with fixtures for the cart service"))
+    line = next(r for r in p.reasons if r.startswith("signals: "))
+    assert line.startswith("signals: testing p=") and "pytest" in line, line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Kubernetes pods keep getting OOMKilled on node pool b; what should we check first?",
+         "monitoring"),
+        ("Our firewall rules allow any to any on port 22 from the guest Wi-Fi; is that too "
+         "permissive?", "security"),
+        ("If a train leaves at 3 pm at 80 km/h, how much later does a second one at 120 km/h "
+         "catch up?", "reasoning"),
+        ("Draft a CONTRIBUTING.md with dev setup and commit conventions.", "documentation"),
+    ],
+)
+def test_general_task_words(text: str, expected: str) -> None:
+    """Words that define a task type as users write them, not any one labelled prompt."""
+    assert classify(req(text)).task_type == expected
 
 
 @pytest.mark.parametrize(

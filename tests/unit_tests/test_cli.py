@@ -77,7 +77,9 @@ def test_route_json_has_the_plan_and_its_reasons(capsys: pytest.CaptureFixture[s
         capsys, "route", "Review this code for SQL injection: cursor.execute(q % x)", "--json"
     )
     assert {"task_type", "complexity", "estimated_tokens", "plan", "reasons"} <= set(data)
-    assert data["task_type"] == "code_review"
+    # A review for one class of vulnerability is security work, as the labelled sets have it
+    # ("Review this login endpoint for security vulnerabilities", "… for injection risks").
+    assert data["task_type"] == "security"
     assert data["estimated_tokens"] > 0
     served = {m.id for m in default_catalog().served()}
     assert data["plan"] and set(data["plan"]) <= served

@@ -87,6 +87,8 @@ def test_embedded_by_default() -> None:
         ("YMERA_CONTEXT_MARGIN", "1.5"),
         ("GROQ_BASE_URL", "api.groq.com"),
         ("YMERA_NAMESPACE", "has space"),
+        ("YMERA_QUALITY_FLOOR", "1.5"),
+        ("YMERA_QUALITY_FLOOR", "high"),
     ],
 )
 def test_bad_environment_names_the_variable(
@@ -102,6 +104,14 @@ def test_bad_environment_names_the_variable(
 def test_bad_keyword_names_the_argument() -> None:
     with pytest.raises(ConfigurationError, match="argument 'redis_url'"):
         YmeraSettings(redis_url="mysql://x")
+
+
+def test_quality_floor_from_environment_and_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert YmeraSettings().quality_floor == 0.5
+    monkeypatch.setenv("YMERA_QUALITY_FLOOR", "0.7")
+    assert YmeraSettings().quality_floor == 0.7
+    with pytest.raises(ConfigurationError, match="argument 'quality_floor'"):
+        YmeraSettings(quality_floor=-0.1)
 
 
 def test_blank_or_spaced_key_is_refused_without_echo(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -233,10 +233,13 @@ async def test_refresh_prunes_evidence_older_than_the_retention(clock: FakeClock
 
 
 def test_from_settings_picks_the_store(tmp_path: Path) -> None:
-    sqlite = Learner.from_settings(YmeraSettings(data_dir=tmp_path, exploration_rate=0.25))
+    sqlite = Learner.from_settings(
+        YmeraSettings(data_dir=tmp_path, exploration_rate=0.25, quality_floor=0.7)
+    )
     assert isinstance(sqlite.store, SqliteLearningStore)
     assert sqlite.store.path == str((tmp_path / "learning.db").resolve())
     assert sqlite.exploration_rate == 0.25
+    assert sqlite.quality_floor == 0.7
     redis = Learner.from_settings(YmeraSettings(redis_url="redis://localhost:1/0",
                                                 namespace="t1"))
     # Redis, behind the buffer that keeps records while it is unreachable.

@@ -21,8 +21,9 @@ Heuristics come second. Several signals are weighed together, each recorded in
 
 Only the system message(s) and the last user message are read for task signals (the head
 and tail of each, so a 1 MB paste costs the same as a short one); the size counts every
-message and the tool schemas. The highest-scoring task type wins when it scores at least
-`_MIN_SCORE`, else the request is `general`.
+message and the tool schemas. Each signal is a feature; a multinomial logistic model with
+fitted weights (`task_model.py`, `data/task_type.json`) picks the most probable task type; a
+request without any signal is `general`.
 
 Complexity is a separate score over signals of hard work (deliverables, design and proof
 verbs, scale, steps and constraints, requested output size, real against claimed size, cue
@@ -33,15 +34,17 @@ words, the task type, the agent class's `complexity_bias`) with fitted weights: 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..tokens import estimate_prompt_tokens
-from ..types import ChatRequest, Profile
+from ..types import TASK_TYPES, ChatRequest, Profile
 from . import complexity as _cx
-from .policy import Policy, default_policy
+from . import task_model as _tm
+from .policy import AgentMatch, Policy, default_policy
 
-__all__ = ["classify", "complexity_features", "request_texts"]
+__all__ = ["PRIOR", "classify", "complexity_features", "request_texts", "task_features"]
 
 # Per-token signal lookups are memoised. Prompts carry endless one-off tokens (ids, numbers,
 # names), so the memo is cleared when full: a larger bound was most of a long-running worker's
@@ -124,9 +127,10 @@ class _Matcher:
                 else:
                     self._index_phrase(toks, sig)
         self.stem_lengths = sorted({len(k) for k in self.stems})
-        # Token -> its single-token signals. Vocabularies repeat from request to request, so
-        # the stem loop runs once per distinct token; bounded so odd input cannot grow it.
-        self._single: dict[str, tuple[int, ...]] = {}
+        # Token -> (phrases starting with it, its single-token signals), or `_NOTHING`.
+        # Vocabularies repeat from request to request, so the stem loop runs once per distinct
+        # token; bounded so odd input cannot grow it.
+        self._memo: dict[str, tuple[tuple[tuple[tuple[Any, ...], int], ...], tuple[int, ...]]] = {}
 
     def _index_single(self, tok: Any, sig: int) -> None:
         if isinstance(tok, str):
@@ -148,9 +152,6 @@ class _Matcher:
             self.stem_phrases.append((toks, sig))
 
     def _singles(self, tok: str) -> tuple[int, ...]:
-        found = self._single.get(tok)
-        if found is not None:
-            return found
         sigs = list(self.words.get(tok, ()))
         for length in self.stem_lengths:
             if length > len(tok):
@@ -158,42 +159,53 @@ class _Matcher:
             for sig in self.stems.get(tok[:length], ()):
                 if sig not in sigs:
                     sigs.append(sig)
-        found = tuple(sigs)
-        if len(self._single) >= _SINGLE_MEMO:
-            self._single.clear()
-        self._single[tok] = found
-        return found
+        return tuple(sigs)
+
+    def _entry(self, tok: str) -> tuple[tuple[tuple[tuple[Any, ...], int], ...], tuple[int, ...]]:
+        """The phrases that may start at `tok` (longest first) and its single-token signals."""
+        cands = [*self.phrases.get(tok, ()), *self.stem_phrases]
+        cands.sort(key=lambda c: -len(c[0]))
+        single = self._singles(tok)
+        entry = (tuple(cands), single) if cands or single else _NOTHING
+        if len(self._memo) >= _SINGLE_MEMO:
+            self._memo.clear()
+        self._memo[tok] = entry
+        return entry
 
     def find(self, tokens: list[str]) -> list[tuple[int, int, int]]:
         """Every match as (signal, start position, length)."""
         out: list[tuple[int, int, int]] = []
         n = len(tokens)
         i = 0
-        phrases = self.phrases
-        stem_phrases = self.stem_phrases
+        memo = self._memo
         while i < n:
             tok = tokens[i]
-            cands = phrases.get(tok)
-            if cands is not None or stem_phrases:
+            entry = memo.get(tok)
+            if entry is None:
+                entry = self._entry(tok)
+            if entry is _NOTHING:  # most tokens of most prompts: nothing to find
+                i += 1
+                continue
+            cands, single = entry
+            if cands:
                 best = 0
-                sigs: list[int] = []
-                for toks, sig in [*(cands or ()), *stem_phrases]:
+                for toks, sig in cands:
                     k = len(toks)
-                    if k < best or i + k > n or not _phrase_at(toks, tokens, i):
-                        continue
-                    if k > best:
-                        best, sigs = k, [sig]
-                    else:
-                        sigs.append(sig)
+                    if k < best:
+                        break  # longest first: only equally long phrases may still match
+                    if i + k <= n and _phrase_at(toks, tokens, i):
+                        best = k
+                        out.append((sig, i, k))
                 if best:
-                    out.extend((sig, i, best) for sig in sigs)
                     i += best
                     continue
-            single = self._singles(tok)
-            if single:
-                out.extend((sig, i, 1) for sig in single)
+            for sig in single:
+                out.append((sig, i, 1))
             i += 1
         return out
+
+
+_NOTHING: tuple[tuple[tuple[tuple[Any, ...], int], ...], tuple[int, ...]] = ((), ())
 
 
 def _parse_token(t: str) -> Any:
@@ -206,16 +218,18 @@ def _parse_token(t: str) -> Any:
     return t
 
 
-def _token_ok(pattern: Any, tok: str) -> bool:
-    if isinstance(pattern, str):
-        return tok == pattern
-    if isinstance(pattern, frozenset):
-        return tok in pattern
-    return pattern[0] == "any" or tok.startswith(pattern[1])
-
-
 def _phrase_at(toks: tuple[Any, ...], tokens: list[str], i: int) -> bool:
-    return all(_token_ok(p, tokens[i + j]) for j, p in enumerate(toks))
+    for j, p in enumerate(toks):
+        tok = tokens[i + j]
+        if type(p) is str:
+            if tok != p:
+                return False
+        elif type(p) is frozenset:
+            if tok not in p:
+                return False
+        elif p[0] != "any" and not tok.startswith(p[1]):
+            return False
+    return True
 
 
 # -- task signals: (task type, weight, alternatives) ----------------------------------------
@@ -229,6 +243,12 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("code_generation", 0.5, "python|typescript|javascript|rust|golang|java|kotlin|swift|c#|bash"),
     ("code_generation", 0.5, "react|django|flask|fastapi|spring|node.js|nodejs|argparse"),
     ("code_generation", 0.5, "hook|hooks"),
+    ("code_generation", 1.0, "compiler|interpreter|simulator|type checker|emulator|training loop"),
+    ("code_generation", 0.5, "numpy|pandas|xarray|pytorch|tensorflow|cuda|fortran|c++|scala|ruby"),
+    ("code_generation", 0.5, "php|haskell|elixir|sdk|cli|vectoris*|vectoriz*"),
+    ("code_generation", 1.0, "awk|sed|jq|powershell|cmd|shell command|asyncio|coroutine*"),
+    ("code_generation", 1.5, "{port,porting} {the,our,this,these,it,a,an}|{port,porting} * to"),
+    ("code_generation", 1.5, "write {a,an,the} {small,simple,quick,robust,tiny} *|build {a,an}"),
     ("code_generation", 0.5, "generics"),
     ("code_generation", 1.0, "write code|generate code|add {a,an} {flag,option,parameter}"),
     ("code_generation", 1.0, "retry|backoff|concurrency|thread-safe|lock-free|async"),
@@ -246,6 +266,10 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("code_review", 2.0, "readability|code quality|maintainab*|hard to maintain|code smell*"),
     ("code_review", 2.0, "idiomatic|look at {this,my,the} code|in the code"),
     ("code_review", 1.0, "correctness|naming|breaking change*|feedback on|fails when"),
+    ("code_review", 2.0, "review {this,the,my,our} {migration,query,sql,function,script,class}"),
+    ("code_review", 2.0, "review {this,the,my,our} {commit,module,handler,config,dockerfile}"),
+    ("code_review", 1.5, "dangerous|risky|before we {merge,run,ship,deploy}|before merging"),
+    ("code_review", 1.5, "anything wrong|any problems|spot the|off-by-one|null pointer"),
     # documentation
     ("documentation", 3.0, "docstring|docstrings|readme|changelog|release notes|user guide|faq"),
     ("documentation", 3.0, "contributing guide|runbook|jsdoc|javadoc|sphinx|mkdocs|man page"),
@@ -255,6 +279,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("documentation", 1.5, "docs|document|documenting|onboarding|guide|wiki|manual|comments"),
     ("documentation", 1.0, "explain*|describe|clearer|paragraph|headings|write-up|draft"),
     ("documentation", 2.5, "quickstart|quick start|getting started|walkthrough"),
+    ("documentation", 3.0, "contributing.md|readme.md|changelog.md|code of conduct|contributing"),
+    ("documentation", 2.0, "setup instructions|installation guide|install guide|dev setup|adr"),
     # testing
     ("testing", 3.0, "unit test|unit tests|pytest|jest|vitest|mocha|junit|test plan|test case*"),
     ("testing", 3.0, "regression test*|load test*|integration test*|property-based|e2e"),
@@ -274,6 +300,10 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("validation", 2.5, "check that|verify that|ensure that|make sure that|break our rules"),
     ("validation", 2.5, "which {values,fields,entries,lines,rows,items,urls} {break,violate,fail}"),
     ("validation", 2.5, "does {this,it} parse|parses correctly|validity|is {this,it} valid*"),
+    ("validation", 2.5, "{follow,follows,match,matches,meet,meets} the {spec,standard,schema}"),
+    ("validation", 2.5, "{against,per} the {spec,standard,schema,specification}|compliant"),
+    ("validation", 2.0, "required-field|required-fields|problems only|errors only|spec"),
+    ("validation", 1.5, "{check,checks} {this,these,the} * for|lint|linter|checksum|compliance"),
     # architecture
     ("architecture", 3.0, "architecture|system design|high-level design|microservice*"),
     ("architecture", 2.0, "monolith*|event sourcing|cqrs|single {point,points} of failure"),
@@ -289,6 +319,9 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("architecture", 1.5, "two regions|regions|frontend or|api layer|service boundaries"),
     ("architecture", 3.0, "architect|architecting|re-architect|component diagram"),
     ("architecture", 2.0, "caching layer|mermaid|c4 model|strangler*"),
+    ("architecture", 2.0, "fit together|how * should fit|broker|mqtt|ingestion|topology"),
+    ("architecture", 1.5, "sketch how|store-and-forward|edge devices|gateway|queueing|queue"),
+    ("architecture", 1.5, "{backend,system} pieces|lay out the|name of the pattern|pattern where"),
     # security
     ("security", 3.0, "security|secure|vulnerab*|cve-*|xss|csrf|owasp|threat model*"),
     ("security", 3.0, "sql injection|injection|pentest*|exploit*|hardening|malware"),
@@ -302,6 +335,9 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("security", 1.0, "{token,tokens} expire|tokens never expire"),
     ("security", 2.0, "hashed|plaintext|bcrypt|argon2|scrypt|salted|api key|api keys"),
     ("security", 2.0, "abuse|abused|malicious|internal network|metadata endpoint"),
+    ("security", 3.0, "firewall|ransomware|phishing|active directory|kerberos|zero trust"),
+    ("security", 2.0, "permissive|too open|least privilege|iam|mfa|2fa|ldap|lateral movement"),
+    ("security", 2.0, "pci|pci dss|hsm|soc 2|iso 27001|hipaa|security assessment"),
     # api_design
     ("api_design", 3.0, "openapi|swagger|graphql|grpc|protobuf|rest api|restful"),
     ("api_design", 2.0, "api|apis|endpoint|endpoints|webhook|webhooks|http method*|status code*"),
@@ -311,6 +347,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("api_design", 1.0, "contract|json bod*|payload|mutation|schema|schemas|http|sdk"),
     ("api_design", 1.0, "400|401|402|403|404|405|406|409"),
     ("api_design", 1.5, "route|routes|url scheme|url structure|resource naming"),
+    ("api_design", 1.5, "request body|response body|error model*|error codes|rate limit*"),
     # database
     ("database", 3.0, "sql|postgres*|mysql|sqlite|mongodb|database|databases|alembic"),
     ("database", 3.0, "mariadb|dynamodb|cassandra|autovacuum|vacuum|stored procedure*|upsert"),
@@ -320,6 +357,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("database", 2.0, "deduplicate"),
     ("database", 1.0, "table|tables|rows|transaction|transactions|orm|schema|column|columns"),
     ("database", 1.0, "aggregation|records"),
+    ("database", 2.5, "write a query|sql query|a query|the query|query plan|explain plan"),
     # monitoring
     ("monitoring", 3.0, "monitor*|prometheus|grafana|alerting|uptime|health check|health checks"),
     ("monitoring", 3.0, "opentelemetry|datadog|sentry|kibana|splunk|cloudwatch|pagerduty"),
@@ -330,6 +368,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("monitoring", 1.0, "memory|disk|status|urgent|tracing|traces|saturation|full|utili*"),
     ("monitoring", 2.0, "cron|cron job*|nightly job*|backup job*|heartbeat*|job runs"),
     ("monitoring", 3.0, "promql|logql|loki|alertmanager|burn-rate"),
+    ("monitoring", 2.5, "pod|pods|kubelet|oomkilled|crashloop*|restarting|restarts|evicted"),
+    ("monitoring", 1.5, "exit code|went down|is down|kubernetes|k8s|node|nodes|paged|pager"),
     # formatting
     ("formatting", 3.0, "reformat*|pretty-print*|prettify|pep 8|pep8|conventional commits"),
     ("formatting", 2.5, "format|formatted|formatting|indent*|markdown table|normalize|normalise"),
@@ -344,6 +384,7 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("formatting", 1.0, "snake_case|camelcase|kebab-case|line length|trailing comma*|group"),
     ("formatting", 2.0, "readable style|uppercase keywords|one clause per line|wrap each"),
     ("formatting", 2.0, "double quotes|single quotes|join them with commas"),
+    ("formatting", 2.0, "tidy|messy|clean up|cleanup|neatly"),
     # reasoning
     ("reasoning", 3.0, "prove|proof|solve|probability|puzzle|riddle|fermi|induction"),
     ("reasoning", 2.5, "math*|equation*|derive|expected {number,value}|logic puzzle"),
@@ -351,6 +392,9 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("reasoning", 1.5, "calculat*|compute|how many|how far|constraint|constraints|deduce"),
     ("reasoning", 1.5, "step by step"),
     ("reasoning", 1.0, "estimate|maximum|minimum|km/h|mph|per hour|reasoning|logic|formula"),
+    ("reasoning", 2.0, "how much {is,does,will,would,did}|what day|from now|if today is"),
+    ("reasoning", 2.0, "seat|seats|sat|next to|left of|right of|clue|clues|liar|liars"),
+    ("reasoning", 1.5, "costs|total|each|different|older|younger|faster|twice|half"),
     # analysis
     ("analysis", 2.5, "trend|trends|insight|insights|root cause*|a/b test|statistically|churn"),
     ("analysis", 2.5, "cohort|cohorts|competitive landscape|contributing factors|key points"),
@@ -361,6 +405,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("analysis", 1.0, "report|evaluate|evidence|conversion|significan*|market|data|revenue"),
     ("analysis", 2.5, "product reviews|customer reviews|user reviews|app reviews|what users"),
     ("analysis", 1.5, "assess|assessment|market entry|demand|competitors|competition"),
+    ("analysis", 2.0, "bill|spend|spending|savings|cost breakdown|drivers|jumped|dropped"),
+    ("analysis", 1.5, "why did|explain why|what changed|biggest|levers|kpi|kpis"),
     # long_context
     ("long_context", 3.0, "entire {codebase,repository,repo,project}|whole codebase|whole repo*"),
     ("long_context", 3.0, "monorepo|every file|all {the,these,our} {files,sources}"),
@@ -374,6 +420,9 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("long_context", 3.0, "{whole,entire,full} {requirements,log,transcript,agreement,msa}"),
     ("long_context", 3.0, "requirements {spec,specification,document}|master services agreement"),
     ("long_context", 2.0, "pasted below|below, concatenated|transcript|transcripts"),
+    ("long_context", 2.0, "{entire,whole,full,complete} {protocol,chapter,export,dump,thread}"),
+    ("long_context", 2.0, "{entire,whole,full,complete} {history,book,study,sbom,inventory}"),
+    ("long_context", 1.0, "export|dump|every ticket|each ticket|tickets|below is our"),
     # multilingual
     ("multilingual", 3.0, "translat*|locali*|i18n|l10n"),
     ("multilingual", 0.5, "japanese|chinese|korean|spanish|french|german|portuguese|italian"),
@@ -382,6 +431,8 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("multilingual", 1.5, "{in,into,to,from} {portuguese,italian,russian,arabic,hindi,turkish}"),
     ("multilingual", 1.5, "{in,into,to,from} {dutch,polish,vietnamese,thai}|native speaker*"),
     ("multilingual", 1.5, "{japanese,chinese,korean,spanish,french,german} {text,version,copy}"),
+    ("multilingual", 2.0, "{in,into,to,en} {english,inglés,anglais,englisch}|mean in"),
+    ("multilingual", 1.5, "{mexican,brazilian,latin,japanese,german,french,spanish} market"),
     # moderation: content judged against a policy (the safety classifier's only work)
     ("moderation", 3.0, "moderation|moderate {this,these,the}|moderator|content policy"),
     ("moderation", 3.0, "community guidelines|acceptable use policy|trust and safety"),
@@ -396,10 +447,13 @@ _TASK_TABLE: tuple[tuple[str, float, str], ...] = (
     ("moderation", 1.5, "unsafe|hateful|violent|graphic|explicit|offensive|threatening"),
     ("moderation", 1.0, "policy|flagged|user-generated|ban|banned|removal"),
     ("moderation", 0.5, "allow|block|flag|post|posts|comment|comments|tweet|tweets"),
+    ("moderation", 3.0, "content-moderation|trust-and-safety|content moderation"),
     # general (weak: general is also what wins when nothing else does)
     ("general", 1.0, "fun fact|newsletter|email|offsite|agenda|job posting|books|ideas"),
     ("general", 1.0, "brainstorm|advice|help me think|recipe|travel|gift|lunch|birthday"),
     ("general", 0.5, "thanks|thank you|hello|hi|weekend|holiday|friendly"),
+    ("general", 1.5, "what does * mean|who {designed,invented,wrote,built,founded}"),
+    ("general", 1.0, "capital of|history of|one sentence|trivia|fact|famous|favourite"),
 )
 
 # -- cues read from the instruction itself (code and pasted data removed) -------------------
@@ -441,6 +495,9 @@ _ARTEFACTS = _wordset(
 _NOT_THE_WORK = _wordset("docstring docstrings documentation comment comments test tests readme")
 
 _TASKS_M = _Matcher(_TASK_TABLE)
+# A table row's feature key names its task type and its alternatives: stable while other rows
+# are added or removed, and readable in `data/task_type.json`.
+_TASK_KEYS = tuple(f"{task}: {spec}" for task, _, spec in _TASK_TABLE)
 # One pass finds the cues and the complexity signals alike.
 _CUES_M = _Matcher(_CUE_TABLE + _cx.SIGNALS)
 _QUESTION_START = _wordset("what which who when where is does do can should how whats what's")
@@ -476,6 +533,10 @@ _SQL = re.compile(
 )
 _SQL_HINTS = ("select", "insert", " set ", "delete from", "table", "index", "view", "explain",
               "seq scan", "group by")
+_SQL_HINT = re.compile("|".join(re.escape(h) for h in _SQL_HINTS))
+_CONTENT_LABEL = re.compile(
+    r"\s*(?:post|reply|comment|message|tweet|dm|caption|bio|username)\b[^:\n]{0,30}:", re.I
+)
 _DIFF_LINES = re.compile(r"^[+-](?![+-])\S", re.M)
 _LOG_LINES = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d", re.M)
 _MATH = re.compile(r"\d\s*[a-z]\^\d|[a-z]\^\d\s*[-+=]|\b\d+[a-z]\s*[-+]\s*\d+\s*=")
@@ -497,7 +558,6 @@ _MIN_INSTRUCTION_WORDS = 6
 # "60M citizens", "50k orders/s", "1,200 tables", "300 teams": numbers that speak of scale.
 _BIG_NUMBER = re.compile(r"\b(?:\d{1,3}(?:,\d{3})+|[1-9]\d{2,}|\d+(?:\.\d+)?[kKmMbB])\b")
 
-_MIN_SCORE = 1.5
 _REPEAT = (1.0, 1.5, 1.75)  # 1st, 2nd, 3rd+ occurrence of one signal: diminishing returns
 
 
@@ -524,9 +584,15 @@ class _Cues:
         modify_at: list[int] = []
         tail_at: list[int] = []
         make_at: list[int] = []
+        meta = _CUES_M.meta
         for sig, start, length in _CUES_M.find(tokens):
-            name = _CUES_M.meta[sig][0]
-            found.setdefault(name, set()).add(" ".join(tokens[start:start + length]))
+            name = meta[sig][0]
+            phrase = tokens[start] if length == 1 else " ".join(tokens[start:start + length])
+            got = found.get(name)
+            if got is None:
+                found[name] = {phrase}
+            else:
+                got.add(phrase)
             if name == "modify":
                 modify_at.append(start)
             elif name == "modify_tail":
@@ -554,19 +620,61 @@ def _makes_code(tokens: list[str], at: int) -> bool:
     return False
 
 
-def _add(
-    scores: dict[str, float], why: dict[str, list[str]], task: str, w: float, label: str
-) -> None:
-    scores[task] = scores.get(task, 0.0) + w
-    why.setdefault(task, []).append(label)
+# Structural signals: feature key -> (task type, hand weight). The hand weights are the prior
+# the fitted task model (`data/task_type.json`) starts from; a key it never saw scores them.
+_STRUCTURAL: dict[str, tuple[str, float]] = {
+    "diff block": ("code_review", 2.0),
+    "sql block": ("database", 2.0),
+    "infra block": ("security", 0.5),
+    "change to the given code": ("code_generation", 2.0),
+    "question about code": ("code_review", 2.0),
+    "code block": ("code_review", 0.5),
+    "stack trace": ("code_review", 3.0),
+    "SQL statement": ("database", 2.5),
+    "diff lines": ("code_review", 1.5),
+    "log lines": ("monitoring", 1.5),
+    "equation": ("reasoning", 2.5),
+    "percentage arithmetic": ("reasoning", 2.5),
+    "API route path": ("api_design", 2.0),
+    "numbers + quantity question": ("reasoning", 1.5),
+    "asks for code": ("code_generation", 1.5),
+    "verb + code artefact": ("code_generation", 2.0),
+    "non-Latin script (most)": ("multilingual", 8.0),
+    "non-Latin script (some)": ("multilingual", 4.0),
+    "non-Latin script (a little)": ("multilingual", 1.5),
+    "non-English text": ("multilingual", 6.0),
+    "long-context size": ("long_context", 10.0),
+    "half long-context size": ("long_context", 2.5),
+    "long pasted material": ("long_context", 2.0),
+    "content to judge": ("moderation", 2.0),
+}
+
+Features = dict[str, float]
+"""Task feature key -> value: a table signal's key is `task: alternatives` (its row), a
+structural one's a name of `_STRUCTURAL`, the agent's hint `agent prior: task`."""
+
+_AGENT_PRIOR_UNIT = 2.0
+"""The policy's default `agent_prior_weight`: the agent prior feature is its multiple."""
+
+PRIOR: dict[str, tuple[str, float]] = {
+    **{key: (task, w) for key, (task, w, _) in zip(_TASK_KEYS, _TASK_TABLE, strict=True)},
+    **_STRUCTURAL,
+    **{f"agent prior: {t}": (t, _AGENT_PRIOR_UNIT) for t in TASK_TYPES},
+}
+"""Every task feature -> (the task type its hand weight points at, that weight)."""
+
+
+def _add(feats: Features, labels: dict[str, str], key: str, label: str, v: float = 1.0) -> None:
+    feats[key] = feats.get(key, 0.0) + v
+    labels.setdefault(key, label)
 
 
 def _task_scores(
     system: str, user: str, tokens: int, policy: Policy
-) -> tuple[dict[str, float], dict[str, list[str]], int, int, _Cues]:
-    """Score every task type from the text; returns (scores, labels, code lines, items, cues)."""
-    scores: dict[str, float] = {}
-    why: dict[str, list[str]] = {}
+) -> tuple[Features, dict[str, str], int, int, _Cues]:
+    """The task features of the text; returns (features, labels, code lines, items, cues)."""
+    feats: Features = {}
+    why: dict[str, str] = {}
     text = f"{system}\n{user}" if system else user
     lower = text.lower()
     words = _TOKEN.findall(lower)
@@ -588,7 +696,7 @@ def _task_scores(
             words_for_signals = words
     else:
         words_for_signals = words
-    meta = _TASKS_M.meta
+    keys = _TASK_KEYS
     for part, weight in ((words_for_signals, 1.0), (material_words, _MATERIAL_WEIGHT)):
         if not part:
             continue
@@ -598,10 +706,9 @@ def _task_scores(
             c = counts.get(sig, 0)
             counts[sig] = c + 1
             if c == 0:
-                first[sig] = " ".join(part[start:start + length])
+                first[sig] = part[start] if length == 1 else " ".join(part[start:start + length])
         for sig, c in counts.items():
-            task, w = meta[sig]
-            _add(scores, why, task, weight * w * _REPEAT[min(c, 3) - 1], first[sig])
+            _add(feats, why, keys[sig], first[sig], weight * _REPEAT[min(c, 3) - 1])
 
     ulower = user.lower()
     has_code = "```" in text
@@ -617,43 +724,46 @@ def _task_scores(
         langs = {f.lower() for f in _FENCE.findall(text)[::2] if f}
         code_lines = text.count("\n", text.find("```"), text.rfind("```"))
         if langs & {"diff", "patch"}:
-            _add(scores, why, "code_review", 2.0, "diff block")
+            _add(feats, why, "diff block", "diff block")
         if "sql" in langs:
-            _add(scores, why, "database", 2.0, "sql block")
+            _add(feats, why, "sql block", "sql block")
         if langs & {"dockerfile", "nginx"}:
-            _add(scores, why, "security", 0.5, "infra block")
+            _add(feats, why, "infra block", "infra block")
         if cues.modify:
-            _add(scores, why, "code_generation", 2.0, "change to the given code")
+            _add(feats, why, "change to the given code", "change to the given code")
         elif "?" in prose or cues.why:
             # Code handed over with a question is to be explained or fixed, not rewritten.
-            _add(scores, why, "code_review", 2.0, f"question about code ({code_lines} lines)")
+            _add(feats, why, "question about code", f"question about code ({code_lines} lines)")
         else:
-            _add(scores, why, "code_review", 0.5, f"code block ({code_lines} lines)")
+            _add(feats, why, "code block", f"code block ({code_lines} lines)")
     # Cheap substring guards keep the structural regexes off ordinary prose.
     if ("traceback" in lower or "  at " in text or "error:" in lower or "panic:" in lower) and (
         _STACK.search(text)
     ):
-        _add(scores, why, "code_review", 3.0, "stack trace")
-    if any(h in lower for h in _SQL_HINTS) and _SQL.search(lower):
-        _add(scores, why, "database", 2.5, "SQL statement")
-    if ("\n+" in text or "\n-" in text) and "diff block" not in why.get("code_review", ()) and (
+        _add(feats, why, "stack trace", "stack trace")
+    if _SQL_HINT.search(lower) and _SQL.search(lower):
+        _add(feats, why, "SQL statement", "SQL statement")
+    if ("\n+" in text or "\n-" in text) and "diff block" not in feats and (
         len(_DIFF_LINES.findall(text)) >= 3
     ):
-        _add(scores, why, "code_review", 1.5, "diff lines")
+        _add(feats, why, "diff lines", "diff lines")
     if "\n" in text and len(_LOG_LINES.findall(text)) >= 2:
-        _add(scores, why, "monitoring", 1.5, "log lines")
+        _add(feats, why, "log lines", "log lines")
     if ("^" in lower or "=" in lower) and _MATH.search(lower):
-        _add(scores, why, "reasoning", 2.5, "equation")
+        _add(feats, why, "equation", "equation")
+    if ":" in user and _CONTENT_LABEL.match(user):
+        # `Post: "…"`, `Reply in #general: "…"`: a moderation queue hands over content.
+        _add(feats, why, "content to judge", "content to judge")
     if "%" in lower and _PERCENT.search(lower):
-        _add(scores, why, "reasoning", 2.5, "percentage arithmetic")
+        _add(feats, why, "percentage arithmetic", "percentage arithmetic")
     if "/" in lower and _ROUTE.search(lower):
-        _add(scores, why, "api_design", 2.0, "API route path")
+        _add(feats, why, "API route path", "API route path")
     if cues.quantity and sum(1 for w in words if w.isdigit()) >= 3:
-        _add(scores, why, "reasoning", 1.5, "numbers + quantity question")
+        _add(feats, why, "numbers + quantity question", "numbers + quantity question")
     if cues.show_code:
-        _add(scores, why, "code_generation", 1.5, "asks for code")
+        _add(feats, why, "asks for code", "asks for code")
     if cues.make_code:
-        _add(scores, why, "code_generation", 2.0, "verb + code artefact")
+        _add(feats, why, "verb + code artefact", "verb + code artefact")
 
     # Scripts: only the user's words tell the language of the work.
     if _NON_LATIN.search(user):
@@ -661,32 +771,34 @@ def _task_scores(
         latin = len(_LATIN.findall(user))
         ratio = foreign / (foreign + latin)
         if ratio >= 0.3:
-            _add(scores, why, "multilingual", 8.0, f"non-Latin script {ratio:.0%}")
+            _add(feats, why, "non-Latin script (most)", f"non-Latin script {ratio:.0%}")
         elif ratio >= 0.05 or foreign >= 20:
-            _add(scores, why, "multilingual", 4.0, f"non-Latin script {ratio:.0%}")
+            _add(feats, why, "non-Latin script (some)", f"non-Latin script {ratio:.0%}")
         elif foreign >= 3:
-            _add(scores, why, "multilingual", 1.5, "some non-Latin script")
+            _add(feats, why, "non-Latin script (a little)", "some non-Latin script")
     else:
         utoks = _TOKEN.findall(ulower) if system else words
-        hits = sum(1 for w in utoks if w in _FOREIGN or w.startswith(_ELISIONS))
+        hits = sum(map(_FOREIGN.__contains__, utoks))
+        if "'" in ulower:  # elided articles ("l'heure"): the rare prompt with an apostrophe
+            hits += sum(1 for w in utoks if w not in _FOREIGN and w.startswith(_ELISIONS))
         if hits >= 3:
             accents = len(_ACCENTED.findall(ulower))
             # English shares a few of these words ("a", "on"), so ask for a real share of them,
             # or for accents to back them up.
             share = hits / max(len(utoks), 1)
             if share >= 0.2 or (share >= 0.1 and accents >= 2):
-                _add(scores, why, "multilingual", 6.0, f"non-English text ({hits} function words)")
+                _add(feats, why, "non-English text", f"non-English text ({hits} function words)")
 
     if tokens >= policy.long_context_tokens:
-        _add(scores, why, "long_context", 10.0, f"prompt ~{tokens} tokens")
+        _add(feats, why, "long-context size", f"prompt ~{tokens} tokens")
     elif tokens >= policy.long_context_tokens // 2:
-        _add(scores, why, "long_context", 2.5, f"prompt ~{tokens} tokens")
+        _add(feats, why, "half long-context size", f"prompt ~{tokens} tokens")
 
     if code_lines >= 120 and tokens < policy.long_context_tokens // 2:
-        _add(scores, why, "long_context", 2.0, f"long pasted material ({code_lines} lines)")
+        _add(feats, why, "long pasted material", f"long pasted material ({code_lines} lines)")
 
     items = len(_LIST_ITEM.findall(user)) if "\n" in user else 0
-    return scores, why, code_lines, items, cues
+    return feats, why, code_lines, items, cues
 
 
 def _instruction(prose: str) -> str:
@@ -728,6 +840,26 @@ def _complexity_features(
     )
 
 
+def _add_agent_prior(
+    feats: Features, why: dict[str, str], match: AgentMatch | None, policy: Policy
+) -> None:
+    if match is not None and match.task_type and policy.agent_prior_weight > 0:
+        key = f"agent prior: {match.task_type}"
+        _add(feats, why, key, "agent prior", policy.agent_prior_weight / _AGENT_PRIOR_UNIT)
+
+
+def task_features(request: ChatRequest, policy: Policy | None = None) -> Features:
+    """The task features of a request without an explicit task type (for fitting the model)."""
+    policy = policy or default_policy()
+    tools = request.params.get("tools") if request.params else None
+    tokens = estimate_prompt_tokens(request.messages, tools=tools)
+    system, user = request_texts(request.messages)
+    feats, why, _, _, _ = _task_scores(system, user, tokens, policy)
+    agent_name = request.agent_name or (request.metadata or {}).get("agent_name")
+    _add_agent_prior(feats, why, policy.agent(agent_name), policy)
+    return feats
+
+
 def complexity_features(
     request: ChatRequest, policy: Policy | None = None
 ) -> tuple[dict[str, float], int]:
@@ -741,6 +873,30 @@ def complexity_features(
     bias = policy.agent_classes[match.agent_class].complexity_bias if match else 0.0
     x = _complexity_features(user, profile.task_type, tokens, code_lines, items, bias, cues)
     return x, tokens
+
+
+_AGENTS: dict[int, tuple[weakref.ref[Policy], dict[str, AgentMatch | None]]] = {}
+"""id(policy) -> (the policy, agent name -> its match): `Policy.agent` reads pydantic private
+attributes, several microseconds a call; a plain dict lookup costs a fraction of that."""
+
+
+def _agent(policy: Policy, name: str | None) -> AgentMatch | None:
+    if not name:
+        return None
+    entry = _AGENTS.get(id(policy))
+    if entry is None or entry[0]() is not policy:
+        if len(_AGENTS) >= 64:
+            _AGENTS.clear()
+        entry = (weakref.ref(policy), {})
+        _AGENTS[id(policy)] = entry
+    memo = entry[1]
+    if name in memo:
+        return memo[name]
+    found = policy.agent(name)
+    if len(memo) >= 4096:
+        memo.clear()
+    memo[name] = found
+    return found
 
 
 def _metadata_hint(metadata: Mapping[str, Any], *keys: str) -> tuple[str, str] | None:
@@ -786,7 +942,7 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
     agent_source = "request"
     if not agent_name and (ahint := _metadata_hint(md, "agent_name", "ymera_agent_name")):
         agent_name, agent_source = ahint[0], f"metadata {ahint[1]}"
-    match = policy.agent(agent_name)
+    match = _agent(policy, agent_name)
     bias = 0.0
     if agent_name and match is not None:
         bias = policy.agent_classes[match.agent_class].complexity_bias
@@ -797,21 +953,11 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
     elif agent_name:
         reasons.append(f"agent {agent_name!r} ({agent_source}) matches no agent class")
 
-    scores, why, code_lines, items, cues = _task_scores(system, user, tokens, policy)
+    feats, why, code_lines, items, cues = _task_scores(system, user, tokens, policy)
     if task_type is None:
-        if match is not None and match.task_type and policy.agent_prior_weight > 0:
-            _add(scores, why, match.task_type, policy.agent_prior_weight, "agent prior")
-        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
-        if ranked and ranked[0][1] >= _MIN_SCORE:
-            task_type = ranked[0][0]
-            shown = [
-                f"{t} {s:.1f} ({', '.join(why[t][:4])})" for t, s in ranked[:3] if s >= 1.0
-            ]
-            reasons.append("signals: " + "; ".join(shown))
-        else:
-            task_type = "general"
-            best = f" (best {ranked[0][0]} {ranked[0][1]:.1f})" if ranked else ""
-            reasons.append(f"no task signal reached {_MIN_SCORE}{best}: general")
+        _add_agent_prior(feats, why, match, policy)
+        task_type, reason = _tm.decide(feats, why, PRIOR)
+        reasons.append(reason)
 
     x = _complexity_features(user, task_type, tokens, code_lines, items, bias, cues)
     complexity, cscore, notes = _cx.decide(x, tokens)

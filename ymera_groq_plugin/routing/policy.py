@@ -160,7 +160,9 @@ class Policy(BaseModel):
     long_context_tokens: int = Field(default=32000, gt=0)
     """Prompts at least this large are `long_context` work whatever their words say."""
     agent_prior_weight: float = Field(default=2.0, ge=0)
-    """Weight of the task type an agent's name suggests, against the text's signals."""
+    """Weight of the task type an agent's name suggests, against the text's signals: the
+    fitted weight of that agent prior (`data/task_type.json`) times `agent_prior_weight / 2`
+    (so the default 2.0 is the fitted weight; 0 ignores agent names for the task type)."""
     task_matrix: dict[str, TaskRoute]
     agent_classes: dict[str, AgentClass]
     agents: tuple[AgentPattern, ...] = ()
