@@ -3,7 +3,7 @@
 -- ARGV[1] worker id, ARGV[2] now, ARGV[3] seconds a heartbeat counts, ARGV[4] key ttl ms
 -- Returns the number of workers seen within the last ARGV[3] seconds (this one included).
 -- The count is what each process divides the last known headroom by when the store becomes
--- unreachable (see storage/resilient.py).
+-- unreachable (see storage/resilient/quota.py).
 local now = tonumber(ARGV[2])
 local r = redis.pcall('ZADD', KEYS[1], ARGV[2], ARGV[1])
 if type(r) == 'table' and r.err then
