@@ -81,7 +81,12 @@ class AlertWatch:
         self._callbacks.append(cb)
 
     def check(
-        self, org: str, model: str, state: QuotaState, now: float, keys: Iterable[ApiKey]
+        self,
+        org: str,
+        model: str,
+        state: QuotaState,
+        now: float,
+        keys: Callable[[], Iterable[ApiKey]],
     ) -> None:
         thresholds = self._thresholds
         if not thresholds:
@@ -119,7 +124,7 @@ class AlertWatch:
                         used=used,
                         limit=lim,
                         at=now,
-                        keys=tuple(k.label for k in keys),
+                        keys=tuple(k.label for k in keys()),
                     )
                 )
 

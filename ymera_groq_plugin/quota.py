@@ -996,7 +996,8 @@ class QuotaManager:
         self._alerts.add_callback(cb)
 
     def _check_alerts(self, org: str, model: str, state: QuotaState, now: float) -> None:
-        self._alerts.check(org, model, state, now, self.pool.keys_of(org))
+        # The keys are named only when an alert fires: checks run on every settle.
+        self._alerts.check(org, model, state, now, lambda: self.pool.keys_of(org))
 
     # -- lifecycle ------------------------------------------------------------------------
 
