@@ -62,6 +62,7 @@ from .config import YmeraSettings
 from .errors import (
     ConfigurationError,
     InvalidRequestError,
+    ModelRetiredError,
     NoUsableKeyError,
     QuotaExhaustedError,
     StorageError,
@@ -589,9 +590,9 @@ class Engine:
         if request.model is not None:
             try:
                 self.catalog.resolve(request.model)
-            except UnknownModelError:
-                # A model newer than the catalog may be served by the account: decided once
-                # the first listing is known (`_check_model`).
+            except (UnknownModelError, ModelRetiredError):
+                # A model newer than the catalog, or one its dates call shut down, may be served
+                # by the account: decided once the first listing is known (`_check_model`).
                 if self.catalog.account_known or self.settings.models_refresh_interval <= 0:
                     raise
         if not self.settings.api_keys:
@@ -722,15 +723,21 @@ class Engine:
         return hit
 
     async def _check_model(self, request: ChatRequest) -> None:
-        """An explicit model the catalog does not know waits for the first listing of the
-        account's models (bounded), which adds it if the account serves it."""
+        """An explicit model that only the catalog's guesses rule out (absent from it, or shut
+        down by its dates) waits for the first listing of the account's models (bounded): the
+        account may serve it, and a pinned model must not be answered by its successor on a
+        cold start when the account serves it (issue 13). Any other request never waits."""
         model = request.model
-        if model is None or model in self.catalog:
+        if model is None:
+            return
+        catalog = self.catalog
+        if model in catalog and (catalog.account_known or catalog.is_served(model)):
             return
         served = self._served
         if served is not None and not served.known:
             await served.wait_first()
-        self.catalog.resolve(model)  # UnknownModelError when the listing lacks it too
+        # UnknownModelError / ModelRetiredError when the listing rules it out too.
+        catalog.resolve(model)
 
     async def _serve(self, request: ChatRequest) -> ChatResult:
         await self._ensure_started()
