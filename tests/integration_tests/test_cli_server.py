@@ -120,3 +120,21 @@ def test_small_demo_finishes_with_zero_429s(capsys: pytest.CaptureFixture[str]) 
     snap = result["snapshot"]
     assert snap["api_keys"]["total"] == 6
     assert sum(v["requests"] for v in snap["models"].values()) == summary["answered_upstream"]
+
+
+def test_the_demo_learns_to_send_security_reviews_to_a_general_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 18: the demo's judge follows the models' cards, so what the learner settles on is
+    what a user would see live: security reviews on a general model, never on the safety
+    classifier (`gpt-oss-safeguard-20b` is for content moderation only)."""
+    result = run_json(
+        capsys, "demo", "--requests", "400", "--agents", "12", "--seconds", "4", "--json"
+    )
+    learned = result["snapshot"]["learning"]
+    security = {cell: v["model"] for cell, v in learned.items() if cell.endswith(":security")}
+    assert security, sorted(learned)  # the learner has settled on a security cell
+    safe = "openai/gpt-oss-safeguard-20b"
+    general = {cell: v["model"] for cell, v in learned.items() if not cell.endswith(":moderation")}
+    assert safe not in general.values(), general
+    assert result["summary"]["server_429s"] == 0

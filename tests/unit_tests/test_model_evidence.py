@@ -117,6 +117,36 @@ def test_no_general_task_type_plans_the_safety_model() -> None:
     ("text", "agent"),
     [
         (
+            'Review this IAM policy for privilege escalation: {"Effect": "Allow", '
+            '"Action": "iam:*", "Resource": "*"}',
+            "security_reviewer",
+        ),
+        ("Flag anomalies in these latency metrics: p99 120ms, 130ms, 980ms, 125ms", "monitor"),
+        ("Write an nginx rule to block requests from 10.0.0.0/8 on /admin", None),
+        ("Write a blog post announcing our v2 release", None),
+        ("Check this password policy: min_length=6, no other rule. NIST 800-63B compliant?", None),
+        ("Validate this retention policy YAML: keep_days: -3", None),
+        ("Draft our company's remote work policy for engineers", None),
+        ('Is the JSON payload of this post valid? {"title": "hi", "body": }', None),
+        ("Our content filter blocks too many posts; review the regex /(sex|kill)/i", None),
+        ("Scan this Terraform for security group rules that allow 0.0.0.0/0 on port 22", None),
+    ],
+)
+def test_general_work_with_policy_words_never_plans_the_safety_model(
+    text: str, agent: str | None
+) -> None:
+    """Words the moderation type also uses (policy, flag, block, post) in general work: the
+    classifier's decision, not a hand-built profile, keeps the safety model out."""
+    router = Router(load_catalog(today=TODAY), default_policy())
+    plan = router.plan(ChatRequest(messages=({"role": "user", "content": text},), agent_name=agent))
+    assert plan.profile.task_type != "moderation", plan.profile.reasons
+    assert SAFE not in plan.models, plan.reasons
+
+
+@pytest.mark.parametrize(
+    ("text", "agent"),
+    [
+        (
             "Classify this post against the policy below and answer ALLOW or BLOCK.\n"
             'Policy: no spam, hate or self-harm content.\nPost: "Buy 1000 followers for $5!!!"',
             None,
