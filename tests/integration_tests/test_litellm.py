@@ -358,6 +358,8 @@ async def test_no_room_hands_over_to_the_routers_own_fallbacks(setup: Any, strat
             ("org_backup", BIG): 3,
         }
         # Without fallbacks the caller gets LiteLLM's own "no deployments" error, with the time.
+        # `bare` is never attached: it is governed because its deployments are the attached
+        # router's (same ids, same keys), which spend the same organisation's budget.
         bare = Router(model_list=model_list[:-1], num_retries=2)
         with pytest.raises(Exception, match="No deployments available") as info:
             await bare.acompletion(model=M, messages=ask(9), max_tokens=16)

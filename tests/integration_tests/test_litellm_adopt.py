@@ -8,6 +8,7 @@ The package's settings hold no key here: the Groq keys live only in the router's
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ymera_groq_plugin.catalog import load_catalog
-from ymera_groq_plugin.config import YmeraSettings
+from ymera_groq_plugin.config import YmeraSettings, mask_key
 from ymera_groq_plugin.engine import Engine
 from ymera_groq_plugin.testing.server import GroqTestServer
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from litellm import Router
 
     from ymera_groq_plugin.litellm import YmeraLiteLLM, YmeraRoutingPlugin, attach
+    from ymera_groq_plugin.litellm.deployments import AdoptedKey
 
 M = "openai/gpt-oss-20b"
 LIMITS = {"rpm": 5, "rpd": 1000, "tpm": 6000, "tpd": 200_000}
@@ -47,10 +49,12 @@ def _litellm_state() -> Iterator[None]:
     from litellm import Router
 
     from ymera_groq_plugin import litellm as ymera_litellm
+    from ymera_groq_plugin.litellm.deployments import AdoptedKey
 
     globals().update(
         litellm=litellm,
         Router=Router,
+        AdoptedKey=AdoptedKey,
         YmeraLiteLLM=ymera_litellm.YmeraLiteLLM,
         YmeraRoutingPlugin=ymera_litellm.YmeraRoutingPlugin,
         attach=ymera_litellm.attach,
@@ -243,6 +247,42 @@ async def test_sync_callers_wait_for_room_instead_of_429(tmp_path: Path) -> None
 
 async def test_a_deployment_added_after_attach_is_governed(world: Any) -> None:
     server, engine, attached = world
+    first, second = list(KEYS)[:2]
+    router = Router(model_list=own_model_list(server, [first]), num_retries=0)
+    ymera = attach(router, engine=engine, max_wait=0)
+    attached.append(ymera)
+    from litellm.types.router import Deployment
+
+    # `add_deployment` alone: the registry's version moves, the new id joins the governed ones.
+    added = {**own_model_list(server, [second])[0], "model_name": "fast"}
+    added["litellm_params"] = {**added["litellm_params"], "api_key": second}
+    router.add_deployment(Deployment(**added))
+    results = await asyncio.gather(
+        *(router.acompletion(model="fast", messages=ask(n), max_tokens=16) for n in range(12)),
+        return_exceptions=True,
+    )
+    await ymera.aflush()
+    stats = server.stats()
+    assert stats.rate_limited == {} and stats.by_status == {200: 10}
+    assert per_org(server) == {"org_a": 5, "org_b": 5}
+    assert sum(not isinstance(r, BaseException) for r in results) == 10
+    assert len(engine.quota.pool.keys) == 2
+    # `add_deployment` keeps an `os.environ/` reference and LiteLLM sends it as it is: Groq
+    # refuses it, and the package leaves the deployment alone (it charges and, on the 401,
+    # disables no key of its own).
+    by_env = own_model_list(server, [second])[0]  # os.environ/ENV_NAME, which holds `second`
+    router.add_deployment(Deployment(**{**by_env, "model_name": "by-env"}))
+    with pytest.raises(Exception, match=r"401|[Ii]nvalid API [Kk]ey|Authentication"):
+        await router.acompletion(model="by-env", messages=ask(99), max_tokens=16)
+    await ymera.aflush()
+    assert server.stats().by_status == {200: 10, 401: 1}
+    assert len(engine.quota.pool.keys) == 2
+    assert not any(engine.quota.pool.is_disabled(k) for k in engine.quota.pool.keys)
+    assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
+
+
+async def test_a_model_list_replaced_after_attach_is_governed(world: Any) -> None:
+    server, engine, attached = world
     first, second, third = list(KEYS)
     router = Router(model_list=own_model_list(server, [first]), num_retries=0)
     ymera = attach(router, engine=engine, max_wait=0)
@@ -268,6 +308,8 @@ async def test_a_router_the_package_cannot_govern_gets_a_warning(
 ) -> None:
     server, engine, attached = world
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    # Every record of the package, down to DEBUG, is checked for keys at the end.
+    caplog.set_level(logging.DEBUG, logger="ymera_groq_plugin")
     no_groq = [
         {
             "model_name": "other",
@@ -280,25 +322,47 @@ async def test_a_router_the_package_cannot_govern_gets_a_warning(
             "litellm_params": {"model": f"groq/{M}", "api_base": server.openai_base_url},
         }
     ]
-    for model_list, reason in [(no_groq, "no Groq deployment"), (keyless, "have no key")]:
+    unknown = [
+        {
+            "model_name": "fast",
+            "litellm_params": {
+                "model": "groq/no-such-model",
+                "api_key": list(KEYS)[2],
+                "api_base": server.openai_base_url,
+            },
+        }
+    ]
+    shown: list[str] = []
+    for model_list, reason in [
+        (no_groq, "no Groq deployment"),
+        (keyless, "have no key"),
+        (unknown, "models not in the catalog: no-such-model"),
+    ]:
         router = Router(model_list=model_list)
-        with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match=reason):
+        with pytest.warns(UserWarning, match=reason):
             attached.append(attach(router, engine=engine))
         assert reason in caplog.text
+        shown.append(caplog.text)
         caplog.clear()
     # Some governed, one not: a warning in the log names what is left out (no UserWarning).
     router = Router(model_list=own_model_list(server, [next(iter(KEYS))]) + keyless)
-    with caplog.at_level(logging.WARNING):
-        attached.append(attach(router, engine=engine))
+    attached.append(attach(router, engine=engine))
     assert "1 of the router's Groq deployments cannot be governed: 1 have no key" in caplog.text
-    caplog.clear()
     # LiteLLM's own default, GROQ_API_KEY, is a key like any other.
     monkeypatch.setenv("GROQ_API_KEY", next(iter(KEYS)))
     router = Router(model_list=keyless)
     attached.append(attach(router, engine=engine))
     response = await router.acompletion(model="fast", messages=ask(1), max_tokens=16)
     assert response.choices[0].message.content
-    assert not any(secret in caplog.text for secret in KEYS)
+    await attached[-1].aflush()
+    shown.append(caplog.text)
+    # The adoption was logged (INFO), by label: neither the key nor its last characters.
+    assert "Governing the router's Groq key lk-" in shown[-1]
+    ours = [r for r in caplog.records if r.name.startswith("ymera_groq_plugin")]
+    assert {r.levelno for r in ours} >= {logging.INFO, logging.DEBUG}
+    text = "\n".join(shown)
+    for secret in KEYS:
+        assert secret not in text and mask_key(secret) not in text
 
 
 async def test_the_plugin_form_governs_the_async_path(world: Any) -> None:
@@ -314,7 +378,191 @@ async def test_the_plugin_form_governs_the_async_path(world: Any) -> None:
     stats = server.stats()
     assert stats.by_status == {200: 15} and stats.rate_limited == {}
     assert sum(not isinstance(r, BaseException) for r in results) == 15
+    # The plugin never learns its router, so the filter governs every router in the process:
+    # one without the plugin is refused too, now that every organisation is out of room.
+    other = Router(model_list=own_model_list(server, [next(iter(KEYS))]), num_retries=0)
+    with pytest.raises(Exception, match="No deployments available"):
+        await other.acompletion(model="fast", messages=ask(98), max_tokens=16)
+    assert server.stats().by_status == {200: 15}
     assert not any(secret in repr(plugin) for secret in KEYS)
     # LiteLLM refuses sync calls on a router with plugins: the plugin form is async only.
     with pytest.raises(ValueError, match="synchronous"):
         router.completion(model="fast", messages=ask(99), max_tokens=16)
+
+
+async def test_a_key_from_litellms_groq_api_key_default_is_adopted_and_settled(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, engine, attached = world
+    fresh = list(KEYS)[2]  # no router of this test names it: only the environment does
+    monkeypatch.setenv("GROQ_API_KEY", fresh)
+    keyless = {
+        "model_name": "fast",
+        "litellm_params": {"model": f"groq/{M}", "api_base": server.openai_base_url},
+    }
+    router = Router(model_list=[keyless], num_retries=0)
+    ymera = attach(router, engine=engine, max_wait=0)
+    attached.append(ymera)
+    label = "lk-" + hashlib.sha256(fresh.encode()).hexdigest()[:8]
+    assert [k.label for k in engine.quota.pool.keys] == [label]
+    response = await router.acompletion(model="fast", messages=ask(1), max_tokens=16)
+    assert response.choices[0].message.content
+    await ymera.aflush()
+    counted = server.stats().by_org_model[("org_c", M)]
+    # No organisation was given: the key counts as its own until Groq's answers say otherwise.
+    assert ymera.accounting() == {
+        (f"org:{label}", M): {
+            "requests": 1,
+            "prompt_tokens": counted.prompt_tokens,
+            "completion_tokens": counted.completion_tokens,
+        }
+    }
+    assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
+
+
+# -- deployments at another base URL ----------------------------------------------------------
+
+
+@pytest.fixture
+async def elsewhere(tmp_path: Path) -> AsyncIterator[Any]:
+    """Two Groq-compatible servers that know the same keys: `server`, where the router's
+    deployments point, and `decoy`, where the package's settings point (as a proxy's keys
+    would be, were they sent to the wrong host); an engine on the decoy's base URL."""
+    server = await GroqTestServer(KEYS, limits={M: LIMITS}).astart()
+    decoy = await GroqTestServer(KEYS, limits={M: LIMITS}).astart()
+    engine = Engine(
+        YmeraSettings(api_keys=[], base_url=decoy.base_url, data_dir=tmp_path, cache_enabled=False),
+        catalog=load_catalog(overrides=[{"id": M, "limits": LIMITS}]),
+    )
+    attached: list[YmeraLiteLLM] = []
+    yield server, decoy, engine, attached
+    for ymera in attached:
+        await ymera.aflush()
+        ymera.detach()
+    await engine.aclose()
+    await decoy.astop()
+    await server.astop()
+
+
+async def test_a_key_adopted_from_another_base_carries_it(
+    elsewhere: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, decoy, engine, attached = elsewhere
+    first, second = list(KEYS)[:2]
+    model_list = [
+        {
+            "model_name": "fast",
+            "litellm_params": {"model": f"groq/{M}", "api_key": secret, "api_base": base},
+        }
+        for secret, base in [
+            (first, server.openai_base_url),
+            # The settings' own base, written as LiteLLM users do (suffix, trailing slash).
+            (second, decoy.openai_base_url + "/"),
+        ]
+    ]
+    caplog.set_level(logging.DEBUG, logger="ymera_groq_plugin")
+    attached.append(attach(Router(model_list=model_list), engine=engine))
+    keys = {k.secret.get_secret_value(): k for k in engine.quota.pool.keys}
+    away, home = keys[first], keys[second]
+    assert isinstance(away, AdoptedKey) and away.api_base == server.base_url
+    assert isinstance(home, AdoptedKey) and home.api_base is None
+    # Said at DEBUG, by label, without the URL (a proxy's may carry a credential).
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(away.label in m and "not settings.base_url" in m for m in said)
+    assert not any(home.label in m and "not settings.base_url" in m for m in said)
+    assert server.base_url not in caplog.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="served.py lists every key of the pool through settings.base_url; it must leave "
+    "out keys whose `api_base` is set (AdoptedKey), a one-line change owned there",
+)
+async def test_no_listing_goes_to_the_settings_base_with_a_key_from_elsewhere(
+    elsewhere: Any,
+) -> None:
+    server, decoy, engine, attached = elsewhere
+    router = Router(model_list=own_model_list(server, [next(iter(KEYS))]), num_retries=0)
+    ymera = attach(router, engine=engine, max_wait=0)
+    attached.append(ymera)
+    response = await router.acompletion(model="fast", messages=ask(1), max_tokens=16)
+    assert response.choices[0].message.content
+    served = engine.served
+    assert served is not None
+    await engine.portal.arun(served.refresh(force=True))
+    assert decoy.listings() == {}
+    assert server.stats().by_status == {200: 1} and decoy.stats().by_status == {}
+
+
+# -- which routers ------------------------------------------------------------------------------
+
+
+async def test_a_router_not_attached_is_not_governed(world: Any) -> None:
+    server, engine, attached = world
+    first, _, third = list(KEYS)
+    governed = Router(model_list=own_model_list(server, [first]), num_retries=0)
+    ymera = attach(governed, engine=engine, max_wait=0)
+    attached.append(ymera)
+    # Another router in the same process, never attached (its deployment has another id).
+    other = Router(model_list=own_model_list(server, [third]), num_retries=0)
+    results = await asyncio.gather(
+        *(governed.acompletion(model="fast", messages=ask(n), max_tokens=16) for n in range(8)),
+        *(other.acompletion(model="fast", messages=ask(n), max_tokens=16) for n in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 10
+    # The sync path too: no pre-call check stands in the way of the other router's call.
+    with pytest.raises(Exception, match=r"429|[Rr]ate limit"):
+        await asyncio.to_thread(
+            other.completion, model="fast", messages=ask(99), max_tokens=16, num_retries=0
+        )
+    await ymera.aflush()
+    by_org = server.stats().by_org_model
+    # The attached router's extra calls were held back; the other's went out and met 429s.
+    assert by_org[("org_a", M)].requests == 5 and by_org[("org_a", M)].rate_limited == 0
+    assert by_org[("org_c", M)].requests == 5 and by_org[("org_c", M)].rate_limited == 4
+    # Its key was never adopted, nothing of it was reserved or settled.
+    assert len(engine.quota.pool.keys) == 1
+    assert {org for org, _ in ymera.accounting()} == {
+        engine.quota.pool.organisation(engine.quota.pool.keys[0])
+    }
+    assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
+
+
+def _upstream_text_completion_failure(exc: BaseException) -> bool:
+    return "LLM Provider NOT provided" in str(exc)
+
+
+class UpstreamTextCompletionBug(Exception):
+    """LiteLLM 1.110's sync `Router.text_completion` failed the known way (see below)."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=UpstreamTextCompletionBug,
+    reason="LiteLLM 1.110: the sync Router.text_completion with a group name fails before any "
+    "pick ('LLM Provider NOT provided'); the async one routes",
+)
+async def test_sync_text_completion_is_governed(world: Any) -> None:
+    server, engine, attached = world
+    router = Router(model_list=own_model_list(server, [next(iter(KEYS))]), num_retries=0)
+    ymera = attach(router, engine=engine)
+    attached.append(ymera)
+    try:
+        response = await asyncio.to_thread(
+            router.text_completion, model="fast", prompt="What is 2 plus 2?", max_tokens=16
+        )
+    except Exception as exc:
+        if not _upstream_text_completion_failure(exc):
+            raise
+        # Before any pick: nothing reached the server, nothing was reserved.
+        assert server.stats().by_status == {}
+        assert ymera.live_reservations == 0 and engine.quota.outstanding == 0
+        raise UpstreamTextCompletionBug(str(exc)) from exc
+    assert response.choices[0].text
+    for _ in range(300):  # the sync path reports success from LiteLLM's logging thread
+        if ymera.live_reservations == 0:
+            break
+        await asyncio.sleep(0.01)
+    await ymera.aflush()
+    assert [row["requests"] for row in ymera.accounting().values()] == [1]

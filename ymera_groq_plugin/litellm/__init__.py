@@ -11,7 +11,9 @@ attach(router)                 # quota filter + accounting callback; your strate
 ```
 
 Any model list works: the router's own `groq/` deployments are adopted with their keys (literal,
-`os.environ/NAME`, or `GROQ_API_KEY`) and organisations (`model_info["groq_org"]`, else learnt).
+`os.environ/NAME` as LiteLLM resolves it, or `GROQ_API_KEY`) and organisations
+(`model_info["groq_org"]`, else learnt). Only the routers `attach` was given are governed
+(`YmeraRoutingPlugin`: every router in the process; see `docs/litellm.md`).
 
 How it plugs into LiteLLM 1.110 (read from its source, `litellm/router_rust/`; see
 `docs/litellm.md`):

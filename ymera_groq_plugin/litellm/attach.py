@@ -18,6 +18,7 @@ from .deployments import (
     DEFAULT_ROUTED_GROUPS,
     PROVIDER_PREFIX,
     _resolve_secret,
+    _router_deployments,
 )
 from .strategy import YmeraRoutingStrategy
 
@@ -58,10 +59,19 @@ def attach(
             `YmeraRoutingStrategy`); only with `strategy=True`.
 
     The router's own Groq deployments are adopted as they are: every `groq/<model>` deployment
-    (a model the catalog knows) with its key from `litellm_params.api_key` (a literal,
-    `os.environ/NAME`, or LiteLLM's `GROQ_API_KEY` default), its organisation from
-    `model_info["groq_org"]` when given, otherwise learnt from Groq's answers. Deployments added
-    later (`add_deployment`, `set_model_list`) are adopted the first time a pick sees them.
+    (a model the catalog knows) with its key from `litellm_params.api_key` as the router holds
+    it (LiteLLM resolves `os.environ/NAME` in the lists it builds, not in `add_deployment`) or
+    LiteLLM's `GROQ_API_KEY` default, and its organisation from `model_info["groq_org"]` when
+    given, otherwise learnt from Groq's answers. A key whose
+    deployment's `api_base` is not `settings.base_url` (a proxy) is adopted as an `AdoptedKey`
+    carrying that base, so the engine knows not to send it to `settings.base_url`. Deployments
+    added later (`add_deployment`, `set_model_list`) are adopted the first time a pick sees them.
+
+    Only the routers attached to the engine are governed. The callback sits in LiteLLM's
+    process-wide `litellm.callbacks`, so every router in the process calls it, but it governs a
+    deployment only when its `model_info.id` is one of an attached router's (LiteLLM derives
+    ids from the group and `litellm_params`, so an identical deployment in another router counts
+    as the same one). With `YmeraRoutingPlugin` on the same engine every router is governed.
 
     Both paths are governed: the async one by the callback filter (or the strategy), the sync
     one (`router.completion`, `router.text_completion`) by a pre-call check on the deployment
@@ -82,6 +92,7 @@ def attach(
         max_wait=max_wait,
         reservation_timeout=reservation_timeout,
     )
+    ymera._govern(router)
     if strategy:
         router.register_plugin(YmeraRoutingStrategy(router, ymera, healthy=healthy))
     wrapped = _wrap_sync_endpoints(router)
@@ -119,14 +130,6 @@ def attach(
     return ymera
 
 
-def _router_deployments(router: Any) -> list[Any]:
-    try:
-        found = router.registry().all()
-    except Exception:  # an older surface: the deprecated listing
-        found = router.get_model_list()
-    return list(found or [])
-
-
 def _is_groq(deployment: Any) -> bool:
     params = deployment.get("litellm_params") if isinstance(deployment, Mapping) else None
     return isinstance(params, Mapping) and str(params.get("model", "")).startswith(PROVIDER_PREFIX)
@@ -155,7 +158,9 @@ def _unmanaged_reason(
     parts = []
     if keyless:
         parts.append(
-            f"{keyless} have no key (no api_key, an unset os.environ/ variable, or no GROQ_API_KEY)"
+            f"{keyless} have no key (no api_key and no GROQ_API_KEY, an unset os.environ/ "
+            "variable, or an os.environ/ reference LiteLLM sends unresolved: add_deployment "
+            "and upsert_deployment keep it)"
         )
     if unknown:
         parts.append(f"models not in the catalog: {', '.join(unknown)}")

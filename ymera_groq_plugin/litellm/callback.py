@@ -44,7 +44,11 @@ from .deployments import (
     ORG_FIELD,
     PROVIDER_PREFIX,
     SETTLE_GRACE,
+    AdoptedKey,
     GroqCapacityError,
+    _base_url,
+    _deployment_base,
+    _deployment_id,
     _failure_facts,
     _headers_of,
     _hint,
@@ -53,7 +57,9 @@ from .deployments import (
     _metadata,
     _not_served,
     _Pick,
+    _registry_version,
     _resolve_secret,
+    _router_deployments,
     _usage_of,
 )
 
@@ -70,10 +76,13 @@ logger = logging.getLogger(__name__)
 class YmeraLiteLLM(CustomLogger):
     """The package inside LiteLLM: a quota filter and the accounting callback.
 
-    Registered once per engine in `litellm.callbacks` (LiteLLM reads its routing callbacks
-    from that process-wide list). It touches only Groq deployments (`groq/<catalog model>` with
-    a key; keys the engine's settings lack are adopted, see `managed`); others pass through
-    untouched.
+    Registered once per engine in `litellm.callbacks`, the process-wide list LiteLLM reads its
+    routing callbacks from, so every Router in the process calls it. It governs only the Groq
+    deployments (`groq/<catalog model>` with a key; keys the engine's settings lack are
+    adopted, see `managed`) of the routers it was attached to (`attach`): LiteLLM does not say
+    which router calls, so a deployment is recognised by its `model_info.id` being one of
+    theirs. With `YmeraRoutingPlugin` it governs every router's (a plugin never learns its
+    router). Everything else passes through untouched.
 
     Args:
         engine: The engine whose quota, learner and statistics it uses (started).
@@ -119,6 +128,12 @@ class YmeraLiteLLM(CustomLogger):
             f"ymera_litellm_hold_{id(self):x}", default=None
         )
         self._next_sweep = 0.0
+        # The routers governed (`attach`): id(router) -> (weak reference, registry version,
+        # deployment ids at that version). `_everywhere`: True with the plugin form; None
+        # while nothing was attached (a callback put in `litellm.callbacks` by hand).
+        self._routers: dict[int, tuple[weakref.ref[Any], int | None, frozenset[str]]] = {}
+        self._everywhere: bool | None = None
+        self._base = _base_url(s.base_url)
         self._background: set[Any] = set()
         self._accounting: dict[tuple[str, str], list[int]] = {}
         self._reserved = [0, 0]  # settled calls, tokens their reservations held
@@ -131,15 +146,24 @@ class YmeraLiteLLM(CustomLogger):
     # -- recognising deployments ----------------------------------------------------------
 
     def managed(
-        self, model: Any, api_key: Any, *, org: str | None = None, label: str | None = None
+        self,
+        model: Any,
+        api_key: Any,
+        *,
+        org: str | None = None,
+        label: str | None = None,
+        api_base: Any = None,
+        adopt: bool = True,
     ) -> _Managed | None:
-        """Whether a deployment (its `litellm_params` `model` and `api_key`) is ours.
+        """Whether a deployment (its `litellm_params` `model`, `api_key`, `api_base`) is ours.
 
-        Every `groq/<catalog model>` deployment is: its key is resolved as LiteLLM resolves it
-        (a literal, `os.environ/NAME`, or `GROQ_API_KEY` when the deployment names none) and,
-        when the engine's settings do not list it, adopted into the engine's key pool under
+        Every `groq/<catalog model>` deployment with a key is: the key LiteLLM sends (its
+        `api_key` as the router holds it, or `GROQ_API_KEY` when there is none) is, when the
+        engine's settings do not list it, adopted into the engine's key pool under
         `label` (or a hash-derived one) with organisation `org` (or its own until Groq's
-        headers or 429 texts show it shares one).
+        headers or 429 texts show it shares one), as an `AdoptedKey` that carries `api_base`
+        when LiteLLM calls it elsewhere than `settings.base_url`. `adopt=False` only
+        recognises keys already known.
         """
         if not isinstance(model, str) or not (api_key is None or isinstance(api_key, str)):
             return None
@@ -147,33 +171,47 @@ class YmeraLiteLLM(CustomLogger):
             return None
         # Resolved first, so an environment variable set later is seen (a literal costs nothing).
         secret = _resolve_secret(api_key)
+        if not adopt and (secret is None or secret not in self._keys):
+            return None  # not remembered: a later adopting call must not find a miss
         memo = (model, secret, org, label)
         found = self._managed.get(memo, self)
         if found is not self:
             return found  # type: ignore[return-value]
         result: _Managed | None = None
-        key = self._key_for(secret, org, label) if secret else None
-        if key is not None:
-            try:
-                info = self.engine.catalog.get(model.removeprefix(PROVIDER_PREFIX))
-                result = _Managed(info.id, key)
-            except UnknownModelError:
-                result = None
+        try:
+            info = self.engine.catalog.get(model.removeprefix(PROVIDER_PREFIX))
+        except UnknownModelError:
+            info = None  # not governed, so its key is not adopted either
+        key = self._key_for(secret, org, label, api_base) if secret and info else None
+        if info is not None and key is not None:
+            result = _Managed(info.id, key)
         if len(self._managed) > 4096:
             self._managed.clear()
         self._managed[memo] = result
         return result
 
-    def _key_for(self, secret: str, org: str | None, label: str | None) -> ApiKey | None:
-        """The pool's key with this secret, adopting it first when the pool lacks it."""
+    def _key_for(
+        self, secret: str, org: str | None, label: str | None, api_base: Any
+    ) -> ApiKey | None:
+        """The pool's key with this secret, adopting it first when the pool lacks it.
+
+        Its base is the one of the deployment that brought it in. A key first seen at another
+        base keeps that mark when a later deployment sends it to `settings.base_url` (the cost:
+        it stays unlisted, its models come from the deployments); a key first seen at
+        `settings.base_url` works there, so a later deployment elsewhere changes nothing.
+        """
         key = self._keys.get(secret)
         if key is not None:
             return key
         pool = self.engine.quota.pool
         digest = "lk-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+        base = _deployment_base(api_base)
+        elsewhere = base if base != self._base else None
         for name in dict.fromkeys((label or digest, digest)):
             try:
-                candidate = ApiKey(secret=SecretStr(secret), label=name, org=org or None)
+                candidate = AdoptedKey(
+                    secret=SecretStr(secret), label=name, org=org or None, api_base=elsewhere
+                )
             except ValidationError:
                 return None  # not a usable key (empty, whitespace): not ours
             if self._pool_add(candidate):
@@ -190,12 +228,19 @@ class YmeraLiteLLM(CustomLogger):
             if known is not None:
                 return known
             self._keys[secret] = key
+        # The label only: not even the last characters of a key go to a log.
         logger.info(
-            "Governing the router's Groq key %s (%s), organisation %s",
+            "Governing the router's Groq key %s, organisation %s",
             key.label,
-            key.masked,
             key.org or "not given (learnt from Groq's answers)",
         )
+        if isinstance(key, AdoptedKey) and key.api_base is not None:
+            # The URL is not logged either: a proxy's may carry a credential.
+            logger.debug(
+                "Groq key %s: its deployment's api_base is not settings.base_url, so the "
+                "engine is not to list its models there; they are the router's deployments'",
+                key.label,
+            )
         return key
 
     def _pool_add(self, key: ApiKey) -> bool:
@@ -221,15 +266,26 @@ class YmeraLiteLLM(CustomLogger):
             o, lb = info.get(ORG_FIELD), info.get(LABEL_FIELD)
             org = o.strip() or None if isinstance(o, str) else None
             label = lb.strip() or None if isinstance(lb, str) else None
-        return self.managed(params.get("model"), params.get("api_key"), org=org, label=label)
+        return self.managed(
+            params.get("model"),
+            params.get("api_key"),
+            org=org,
+            label=label,
+            api_base=params.get("api_base"),
+        )
 
     def _split(
-        self, deployments: Iterable[Any]
+        self, deployments: Iterable[Any], scope: Sequence[frozenset[str]] | None = None
     ) -> tuple[list[tuple[dict[str, Any], _Managed]], list[dict[str, Any]]]:
+        """The Groq deployments the package governs (adopting their keys) and the others;
+        `scope`: only those whose id one of these sets holds (see `_scope`)."""
         ours: list[tuple[dict[str, Any], _Managed]] = []
         others: list[dict[str, Any]] = []
         for d in deployments:
             if not isinstance(d, dict):
+                continue
+            if scope is not None and not _in(scope, d):
+                others.append(d)
                 continue
             m = self._of(d)
             if m is None:
@@ -237,6 +293,51 @@ class YmeraLiteLLM(CustomLogger):
             else:
                 ours.append((d, m))
         return ours, others
+
+    # -- which routers ---------------------------------------------------------------------
+
+    def _govern(self, router: Any | None) -> None:
+        """Govern `router`'s Groq deployments (`None`: every router's in the process)."""
+        if router is None:
+            self._everywhere = True
+            return
+        if self._everywhere is None:
+            self._everywhere = False
+        with self._lock:
+            entry = self._routers.get(id(router))
+            if entry is not None and entry[0]() is router:
+                return
+            # Routers gone are dropped here, never from a weakref callback (the collector may
+            # run one in any thread, while `_scope` reads the dict); a new router may have the
+            # id of one gone.
+            live = {k: e for k, e in self._routers.items() if e[0]() is not None}
+            live[id(router)] = (weakref.ref(router), None, frozenset())
+            self._routers = live
+
+    def _scope(self) -> list[frozenset[str]] | None:
+        """The deployment ids of each governed router (`None`: every router is governed).
+
+        LiteLLM hands a filter copies of the deployments and nothing about the router, so ids
+        are what tells them apart; each router's are read again when its registry's version
+        moves (`add_deployment`, `set_model_list`, `upsert_deployment`, deletions)."""
+        if self._everywhere is not False:
+            return None
+        out: list[frozenset[str]] = []
+        for key, (ref, seen, ids) in list(self._routers.items()):
+            router = ref()
+            if router is None:
+                continue
+            version = _registry_version(router)
+            if version is None or version != seen:
+                ids = frozenset(
+                    ident
+                    for d in _router_deployments(router)
+                    if isinstance(d, Mapping) and (ident := _deployment_id(d)) is not None
+                )
+                # One assignment: a reader in another thread sees the old entry or the new.
+                self._routers[key] = (ref, version, ids)
+            out.append(ids)
+        return out
 
     # -- choosing: model order, tokens, reservation ---------------------------------------
 
@@ -417,7 +518,7 @@ class YmeraLiteLLM(CustomLogger):
         non-Groq deployment; raise `GroqCapacityError` when nothing is left."""
         if _IN_PICK.get():
             return healthy_deployments
-        ours, others = self._split(healthy_deployments)
+        ours, others = self._split(healthy_deployments, self._scope())
         if not ours:
             return healthy_deployments
         hold, kept, retry = await self._choose(
@@ -441,6 +542,9 @@ class YmeraLiteLLM(CustomLogger):
         """
         if self._closed or not isinstance(deployment, Mapping):
             return None
+        scope = self._scope()
+        if scope is not None and not _in(scope, deployment):
+            return None  # a router this callback was not attached to
         m = self._of(deployment)
         if m is None:
             return None
@@ -474,7 +578,9 @@ class YmeraLiteLLM(CustomLogger):
         if hold is None or hold.state != _RESERVED:
             return None
         call_id = kwargs.get("litellm_call_id")
-        m = self.managed(kwargs.get("model"), kwargs.get("api_key"))
+        # Recognise only: an attempt is never a reason to adopt a key (a router this callback
+        # does not govern may be making it).
+        m = self.managed(kwargs.get("model"), kwargs.get("api_key"), adopt=False)
         pool = self.engine.quota.pool
         fits = (
             m is not None
@@ -814,6 +920,11 @@ class YmeraLiteLLM(CustomLogger):
             holds = list(self._holds.values())
         for hold in holds:
             self._release_soon(hold)
+
+
+def _in(scope: Sequence[frozenset[str]], deployment: Mapping[str, Any]) -> bool:
+    ident = _deployment_id(deployment)
+    return ident is not None and any(ident in ids for ids in scope)
 
 
 def _current_task() -> asyncio.Task[Any] | None:

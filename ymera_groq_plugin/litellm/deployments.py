@@ -12,6 +12,7 @@ import math
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 from litellm.exceptions import APIConnectionError, Timeout
 from litellm.secret_managers.main import get_secret_str
@@ -176,6 +177,19 @@ class GroqCapacityError(RouterRateLimitError):
 # -- deployments ---------------------------------------------------------------------------
 
 
+class AdoptedKey(ApiKey):
+    """A key the package found in a router's deployment (not in its settings).
+
+    `api_base` is the base URL LiteLLM sends it to (in the settings' form, without
+    `/openai/v1`) when that is not the engine's `settings.base_url`; `None` when it is. The
+    engine's own HTTP goes to `settings.base_url` (its model listing, its own chat calls), and
+    a key with an `api_base` belongs to a proxy or another Groq-compatible server: the engine
+    must not send it there, so its models are taken from the router's deployments instead.
+    """
+
+    api_base: str | None = None
+
+
 class _Managed(NamedTuple):
     """A deployment the package shapes: a Groq model on one of its keys."""
 
@@ -211,13 +225,57 @@ class _Pick(NamedTuple):
 
 
 def _resolve_secret(api_key: str | None) -> str | None:
-    """A deployment's key as LiteLLM resolves it for a `groq/` call: `os.environ/NAME` through
-    its secret reader, and `GROQ_API_KEY` when the deployment names none."""
+    """The key LiteLLM sends for a `groq/` deployment, from its `api_key` as the router holds
+    it: that value, or `GROQ_API_KEY` when there is none.
+
+    LiteLLM resolves `os.environ/NAME` when it builds a model list (the constructor,
+    `set_model_list`; an unset variable leaves no key, hence `GROQ_API_KEY`), but
+    `add_deployment` and `upsert_deployment` keep the reference and LiteLLM sends it as it is,
+    which Groq refuses: no key, so the package leaves such a deployment alone rather than
+    charge (and, on the 401, disable) the key the variable names.
+    """
     if api_key is None:
         return get_secret_str("GROQ_API_KEY")
     if api_key.startswith("os.environ/"):
-        return get_secret_str(api_key)
+        return None
     return api_key or None
+
+
+_GROQ_API_BASE = "https://api.groq.com/openai/v1"
+"""LiteLLM's base URL for a `groq/` deployment that names none and has no `GROQ_API_BASE`."""
+
+
+def _base_url(url: str) -> str:
+    """A Groq base URL in the settings' form: no `/openai/v1`, no trailing `/`, scheme and
+    host in lower case (as `GroqTransport` builds its URLs)."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/").removesuffix("/openai/v1").rstrip("/")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+
+
+def _deployment_base(api_base: Any) -> str:
+    """The base URL LiteLLM calls a `groq/` deployment at: its `api_base` as the router holds
+    it (see `_resolve_secret` for `os.environ/`), else `GROQ_API_BASE`, else Groq's, in the
+    settings' form."""
+    base = api_base if isinstance(api_base, str) else None
+    return _base_url(base or get_secret_str("GROQ_API_BASE") or _GROQ_API_BASE)
+
+
+def _router_deployments(router: Any) -> list[Any]:
+    try:
+        found = router.registry().all()
+    except Exception:  # an older surface: the deprecated listing
+        found = router.get_model_list()
+    return list(found or [])
+
+
+def _registry_version(router: Any) -> int | None:
+    """LiteLLM's counter of the router's deployment changes (`None`: not available)."""
+    try:
+        version = router.registry().version
+    except Exception:
+        return None
+    return version if isinstance(version, int) else None
 
 
 def _deployment_id(deployment: Mapping[str, Any]) -> str | None:

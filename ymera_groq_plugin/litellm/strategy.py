@@ -191,6 +191,12 @@ class YmeraRoutingPlugin:
     the filter. LiteLLM 1.110 runs plugins on the async path only and refuses a sync call
     (`router.completion`) on a router that has plugins; use `attach(router)` for sync callers.
 
+    The filter then governs the Groq deployments of **every** router in the process, not only
+    this one's: LiteLLM runs the callbacks in the process-wide `litellm.callbacks` for every
+    router, and neither the plugin nor the filter is told which router is calling (the
+    request's `metadata` cannot tell either: LiteLLM writes the plugin's signals into the
+    caller's dict, which callers reuse). `attach(router)` governs its routers only.
+
     Args:
         settings: The configuration; default: the environment (ignored when `engine` is given).
         engine: The engine to share; default: `Engine.shared(settings)`.
@@ -215,6 +221,7 @@ class YmeraRoutingPlugin:
             "reservation_timeout": reservation_timeout,
         }
         self.ymera = _register(self.engine, **self._options)
+        self.ymera._govern(None)
 
     def __repr__(self) -> str:
         return f"<YmeraRoutingPlugin {self.ymera!r}>"
@@ -226,5 +233,6 @@ class YmeraRoutingPlugin:
             return context
         if self.ymera not in litellm.callbacks:
             self.ymera = _register(self.engine, **self._options)
+            self.ymera._govern(None)
         context.signals["ymera"] = "quota filter"
         return context
