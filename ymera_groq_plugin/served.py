@@ -254,8 +254,10 @@ class ServedModels:
         groups = [(org, list(keys)) for org, keys in self._groups() if keys]
         if not groups:
             return False
-        results = await asyncio.gather(*(self._list_org(keys) for _, keys in groups))
+        # Taken before asking: a 404 that arrives while the listing is on its way may postdate
+        # what Groq listed, and its mark must outlive this listing.
         now = self._clock()
+        results = await asyncio.gather(*(self._list_org(keys) for _, keys in groups))
         got = False
         for (org, _), models in zip(groups, results, strict=True):
             if models is not None:
@@ -267,14 +269,14 @@ class ServedModels:
         self._failed_at = -float("inf")
         self.listings += 1
         self.source = "groq"
-        self.state.prune()
+        superseded = self.state.prune()
         self.apply()
         self._first.set()
         if self._file is not None:
             await self._file.asave(self.state)
         if self._shared is not None:
             try:
-                await self._shared.save_listing(self.state)
+                await self._shared.save_listing(self.state, superseded)
                 self._revision = await self._shared.revision()
             except StorageError as exc:
                 logger.warning("served models: listing not shared: %s", exc)

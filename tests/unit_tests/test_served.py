@@ -89,3 +89,27 @@ async def test_marks_without_a_listing_still_route(tmp_path: Path, clock: FakeCl
     await served.mark("org_b", BIG)
     with pytest.raises(ModelRetiredError, match="every organisation"):
         served.catalog.resolve(BIG)
+
+
+async def test_a_404_during_a_listing_outlives_that_listing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Groq answered the listing from what it knew when asked; a 404 that arrives while the
+    # listing is on its way is newer, so the listing must not clear its mark.
+    listings = {"org_a": _payload(A, BIG), "org_b": _payload(A, BIG)}
+    served = _served(tmp_path, listings, clock)
+    asked_at = clock()
+
+    async def lister(key: ApiKey) -> dict[str, Any]:
+        assert key.org is not None
+        if key.org == "org_a":
+            clock.advance(1)
+            await served.mark("org_a", A)
+            clock.advance(1)
+        return listings[key.org]
+
+    served._lister = lister
+    assert await served.refresh()
+    assert served.state.orgs["org_a"].fetched_at == asked_at
+    assert not served.serves("org_a", A) and served.serves("org_b", A)
+    assert served.state.marks == {("org_a", A): asked_at + 1}

@@ -4,6 +4,11 @@ The file (`<data_dir>/served-<namespace>.json`) lets a restarted process route o
 listing before it has asked Groq again. With Redis, one process lists for the whole fleet: the
 listing is one JSON string with a TTL, the marks one hash (`organisation|model` → when), and a
 revision counter that the others poll (one `GET` a second) to learn of changes.
+
+The keys are `ymera:<namespace>:served:{<namespace>}:listing|marks|rev|lock`: one hash tag per
+namespace, because publishing a listing (one script) and a mark (one `MULTI`) each change two or
+three of them atomically, which a Redis Cluster refuses across slots. (Keys without the tag, as
+written before, are ignored: the listing is a cache of Groq's, refetched.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +35,17 @@ __all__ = ["FileServedStore", "OrgListing", "RedisServedStore", "ServedState"]
 logger = logging.getLogger(__name__)
 
 _SEP = "|"
+# KEYS: listing, marks, rev. ARGV: the listing, its TTL, then (field, listed at) per superseded
+# mark. A mark is deleted only if still older than the listing: another process may have marked
+# the pair again since this one read it.
+_SAVE_LISTING = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 3, #ARGV, 2 do
+  local at = tonumber(redis.call('HGET', KEYS[2], ARGV[i]))
+  if at and at < tonumber(ARGV[i + 1]) then redis.call('HDEL', KEYS[2], ARGV[i]) end
+end
+return redis.call('INCR', KEYS[3])
+"""
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -85,13 +102,21 @@ class ServedState:
             state.marks.update(_marks_from(marks.items()))
         return state
 
-    def prune(self) -> None:
-        """Forget marks that a later listing of their organisation supersedes."""
-        self.marks = {
-            (org, model): at
-            for (org, model), at in self.marks.items()
-            if org not in self.orgs or at >= self.orgs[org].fetched_at
-        }
+    def prune(self) -> list[tuple[str, str]]:
+        """Forget marks that a later listing of their organisation supersedes.
+
+        Returns:
+            The pairs forgotten (for the shared store to delete them too).
+        """
+        kept: dict[tuple[str, str], float] = {}
+        gone: list[tuple[str, str]] = []
+        for (org, model), at in self.marks.items():
+            if org not in self.orgs or at >= self.orgs[org].fetched_at:
+                kept[(org, model)] = at
+            else:
+                gone.append((org, model))
+        self.marks = kept
+        return gone
 
 
 def _marks_from(items: Any) -> dict[tuple[str, str], float]:
@@ -171,7 +196,8 @@ class RedisServedStore:
         owns_client: bool = True,
     ) -> None:
         self._client = client
-        prefix = f"{KEY_PREFIX}{namespace}:served:"
+        tag = namespace.replace("{", "(").replace("}", ")")  # a brace would end the tag early
+        prefix = f"{KEY_PREFIX}{namespace}:served:{{{tag}}}:"
         self._listing = prefix + "listing"
         self._marks = prefix + "marks"
         self._rev = prefix + "rev"
@@ -184,7 +210,8 @@ class RedisServedStore:
     def from_url(
         cls, url: str, *, namespace: str = "default", ttl: float = 86400.0
     ) -> RedisServedStore:
-        """Build from a `redis://`, `rediss://` or `unix://` URL."""
+        """Build from a Redis URL: one server (`redis://`, `rediss://`, `unix://`),
+        `redis+cluster://` or `redis+sentinel://` (`storage.redis_url`)."""
         from .redis_quota import fast_failing_client
 
         return cls(fast_failing_client(url), namespace=namespace, ttl=ttl)
@@ -227,23 +254,29 @@ class RedisServedStore:
             revision = 0
         return state, revision
 
-    async def save_listing(self, state: ServedState) -> None:
-        """Publish the listings (the marks they supersede are deleted)."""
+    async def save_listing(
+        self, state: ServedState, superseded: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Publish the listings and delete the marks they supersede.
+
+        Args:
+            state: The listings to publish (its marks are not written).
+            superseded: Marks its listings supersede that `state` no longer holds (what
+                `state.prune()` returned); those it still holds are found here.
+        """
         doc = {"orgs": state.as_json()["orgs"]}
-        stale = [
-            f"{org}{_SEP}{model}"
-            for (org, model), at in state.marks.items()
-            if org in state.orgs and at < state.orgs[org].fetched_at
-        ]
-        async with (
-            astorage_errors("redis", "served save"),
-            self._client.pipeline(transaction=True) as pipe,
-        ):
-            pipe.set(self._listing, dumps(doc), ex=self._ttl)
-            if stale:
-                pipe.hdel(self._marks, *stale)
-            pipe.incr(self._rev)
-            await pipe.execute()
+        pairs = set(superseded)
+        pairs.update(
+            pair
+            for pair, at in state.marks.items()
+            if pair[0] in state.orgs and at < state.orgs[pair[0]].fetched_at
+        )
+        args: list[str] = [dumps(doc), str(self._ttl)]
+        for org, model in sorted(pairs):
+            if org in state.orgs:
+                args += [f"{org}{_SEP}{model}", repr(state.orgs[org].fetched_at)]
+        async with astorage_errors("redis", "served save"):
+            await self._client.eval(_SAVE_LISTING, 3, self._listing, self._marks, self._rev, *args)
 
     async def mark(self, org: str, model: str, at: float) -> None:
         """Record that `model` answered 404 (or `model_decommissioned`) on `org`."""
