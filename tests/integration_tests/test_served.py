@@ -10,11 +10,15 @@ c. A 404 / `model_decommissioned` marks (organisation, model) unserved for the w
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import multiprocessing
+import queue
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ from ymera_groq_plugin.config import YmeraSettings
 from ymera_groq_plugin.engine import Engine
 from ymera_groq_plugin.errors import ModelRetiredError, QuotaExhaustedError, UnknownModelError
 from ymera_groq_plugin.testing.server import GroqTestServer
+
+from ..utils import REDIS_BACKENDS, redis_url_for
 
 A = "openai/gpt-oss-20b"
 BIG = "openai/gpt-oss-120b"
@@ -187,10 +193,11 @@ def test_refreshed_periodically(make_rig: Callable[..., Rig]) -> None:
     assert rig.server.listings()["org_2"] >= 2
 
 
-@pytest.mark.redis
-def test_one_listing_for_the_fleet_through_redis(
-    make_rig: Callable[..., Rig], redis_url: str
+@pytest.mark.parametrize("backend", REDIS_BACKENDS)
+def test_one_listing_and_the_404_marks_for_the_fleet_through_redis(
+    make_rig: Callable[..., Rig], request: pytest.FixtureRequest, backend: str
 ) -> None:
+    redis_url = redis_url_for(request, backend)
     rig = make_rig(served={"org_1": [A, OLD], "org_2": [A, OLD]})
     first = rig.engine(data="one", redis_url=redis_url)
     second = rig.engine(data="two", redis_url=redis_url)
@@ -199,6 +206,19 @@ def test_one_listing_for_the_fleet_through_redis(
     assert second.catalog.is_served(OLD)
     assert rig.server.listings() == {"org_1": 1, "org_2": 1}
     assert first.served is not None and first.served.listings == 1 and served.listings == 0
+    # org_1 loses A, and Groq cannot list any more: only the shared 404 mark can tell `second`.
+    rig.server.set_served("org_1", [OLD])
+    rig.server.configure_listing(status=503)
+    pinned = rig.model(first, model=A)
+    assert {pinned.invoke(f"first {i}").response_metadata["key_label"] for i in range(3)} == {
+        "key2"
+    }
+    assert rig.four_oh_fours() == {("org_1", A): 1}
+    assert wait_until(lambda: not served.serves("org:key1", A))  # its poll, within a second
+    pinned = rig.model(second, model=A)
+    for i in range(4):
+        assert pinned.invoke(f"second {i}").response_metadata["key_label"] == "key2"
+    assert rig.four_oh_fours() == {("org_1", A): 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +330,34 @@ def test_routed_calls_meet_each_unserved_pair_at_most_once(make_rig: Callable[..
     prompts = ["Write a Python function that sorts a list.", "hi", "Summarise this text."]
     for i in range(20):
         assert llm.invoke(f"{prompts[i % 3]} ({i})").content
-    assert all(n == 1 for n in rig.four_oh_fours().values())
+    fours = rig.four_oh_fours()
+    assert fours  # the routes did meet unserved pairs (else this test shows nothing)
+    assert all(n == 1 for n in fours.values()), fours
+
+
+@pytest.mark.parametrize(
+    ("model", "status"), [(A, 404), (OLD, 400)], ids=["model_not_found", "model_decommissioned"]
+)
+def test_one_404_asks_for_exactly_one_listing(
+    make_rig: Callable[..., Rig], model: str, status: int
+) -> None:
+    rig = make_rig(served={"org_1": [A, BIG, OLD], "org_2": [A, BIG, OLD]})
+    engine = rig.engine()
+    assert engine.settings.models_refresh_interval == 3600.0  # no periodic listing in this test
+    assert rig.server.listings() == {"org_1": 1, "org_2": 1}
+    rig.server.set_served("org_1", [m for m in (A, BIG, OLD) if m != model])
+    llm = rig.model(engine, model=model)
+    for i in range(4):
+        assert llm.invoke(f"q{i}").response_metadata["key_label"] == "key2"
+    assert rig.four_oh_fours() == {("org_1", model): 1}
+    assert rig.server.stats().by_status.get(status) == 1
+    # The 404 asked for one listing (of every organisation), and nothing asks for another.
+    assert wait_until(lambda: rig.server.listings()["org_1"] == 2)
+    for i in range(4):
+        assert llm.invoke(f"again {i}").response_metadata["key_label"] == "key2"
+    time.sleep(1.5)
+    assert rig.server.listings() == {"org_1": 2, "org_2": 2}
+    assert rig.four_oh_fours() == {("org_1", model): 1}
 
 
 def test_a_later_listing_clears_the_mark(make_rig: Callable[..., Rig]) -> None:
@@ -353,10 +400,11 @@ def _process(url: str, redis_url: str, data_dir: str, results: Any) -> None:
         engine.close()
 
 
-@pytest.mark.redis
+@pytest.mark.parametrize("backend", REDIS_BACKENDS)
 def test_the_404_memory_is_shared_by_processes(
-    make_rig: Callable[..., Rig], redis_url: str, tmp_path: Path
+    make_rig: Callable[..., Rig], request: pytest.FixtureRequest, backend: str, tmp_path: Path
 ) -> None:
+    redis_url = redis_url_for(request, backend)
     rig = make_rig(served={"org_1": [BIG]})
     rig.server.configure_listing(status=503)  # only the 404 memory can help
     ctx = multiprocessing.get_context("spawn")
@@ -373,6 +421,114 @@ def test_the_404_memory_is_shared_by_processes(
         assert labels.count("key2") >= 4  # org_1 answered 404 at most once
     # Two processes, ten calls: one 404 for the fleet.
     assert rig.four_oh_fours() == {("org_1", A): 1}
+
+
+_THREADS = 4
+_CALLS = 5
+
+
+def _concurrent_process(
+    url: str, redis_url: str, data_dir: str, catalog: str, barrier: Any, results: Any
+) -> None:
+    settings = YmeraSettings(
+        api_keys=[K1, K2],
+        base_url=url,
+        redis_url=redis_url,
+        data_dir=data_dir,
+        catalog_path=catalog,
+        max_wait=0.0,
+        request_timeout=5.0,
+        cache_enabled=False,
+    )
+    engine = Engine(settings).start()
+    try:
+        llm = ChatYmeraGroq(engine=engine, model=A, temperature=0)
+
+        def calls(round_: str, thread: int) -> list[str]:
+            return [
+                llm.invoke(f"{round_} t{thread} q{i}").response_metadata["key_label"]
+                for i in range(_CALLS)
+            ]
+
+        def fire(round_: str) -> list[str]:
+            with ThreadPoolExecutor(_THREADS) as pool:
+                runs = pool.map(lambda t: calls(round_, t), range(_THREADS))
+                return [label for run in runs for label in run]
+
+        barrier.wait(60)
+        first = fire("first")
+        seen = engine.stats.as_dict()["not_served_received"]
+        barrier.wait(60)
+        # Its own 404, or the other's at its next poll of the fleet's marks (every second).
+        served = engine.served
+        assert served is not None
+        assert wait_until(lambda: not served.serves("org:key1", A), timeout=10)
+        second = fire("second")
+        results.put((first, second, seen, engine.stats.as_dict()["not_served_received"]))
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("backend", REDIS_BACKENDS)
+def test_concurrent_processes_meet_a_404_at_most_once_per_thread_then_never(
+    make_rig: Callable[..., Rig], request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> None:
+    """Two processes, four threads each, started together, all pinned to A, which org_1 is not
+    served (and Groq cannot list).
+
+    "One 404 per (organisation, model) for the fleet" cannot hold while both run at once, by
+    design: nothing coordinates calls in flight. A process hears of another's 404 only at its
+    next poll of the fleet's revision (once a second), and within a process calls that left
+    before the first 404 came back meet it too. The bound the design gives is one per call in
+    flight before the mark: at most one per thread, so at most processes × threads for the
+    fleet. Once every process has polled, the fleet meets it never again.
+    """
+    redis_url = redis_url_for(request, backend)
+    # 80 calls on org_2 within seconds: no rate limit may get in the way, Groq's or the engine's.
+    rig = make_rig(served={"org_1": [BIG]}, limits={A: UNLIMITED})
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps([{"id": A, "limits": UNLIMITED}]))
+    rig.server.configure_listing(status=503)  # only the 404 memory can help
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(
+            target=_concurrent_process,
+            args=(
+                rig.server.base_url,
+                redis_url,
+                str(tmp_path / f"proc{n}"),
+                str(catalog),
+                barrier,
+                results,
+            ),
+        )
+        for n in range(2)
+    ]
+    for p in procs:
+        p.start()
+    outcomes: list[Any] = []
+    deadline = time.monotonic() + 90
+    while len(outcomes) < len(procs) and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            outcomes.append(results.get(timeout=0.5))
+        # A process that died will never answer: fail now, not at the deadline.
+        assert all(p.is_alive() or p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    assert len(outcomes) == len(procs)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    fours = rig.four_oh_fours()
+    assert set(fours) == {("org_1", A)}
+    assert 1 <= fours[("org_1", A)] <= 2 * _THREADS
+    for first, second, seen, after in outcomes:
+        assert len(first) == len(second) == _THREADS * _CALLS
+        assert seen <= _THREADS and set(first) == {"key2"}
+        # The second round: every process knows, its own 404 or the other's through Redis.
+        assert after == seen and set(second) == {"key2"}
+    assert sum(seen for _, _, seen, _ in outcomes) == fours[("org_1", A)]
+    print(f"\n{backend}: 404s per process {[o[2] for o in outcomes]}")
 
 
 def test_a_stream_meets_the_404_once_and_moves_to_the_org_that_serves(
