@@ -146,6 +146,7 @@ async def _run_through_failover(
             await run.more(20, "requests after the failover")
             await run.stop()
             idle = [await on_portal(e, e.quota.idle()) for e in engines]
+            final = [await monitor_for(e).asnapshot() for e in engines]
             outages = [quota_store(e).outages for e in engines]
             errors = [quota_store(e).last_error for e in engines]
             recoveries = [quota_store(e).recoveries for e in engines]
@@ -176,6 +177,13 @@ async def _run_through_failover(
     for n, e in zip(outages, errors, strict=True):
         if n:
             assert e
+    # Each engine that lived through the outage says so in its own snapshot.
+    for n, snap in zip(outages, final, strict=True):
+        quota = snap["storage"]["quota"]
+        assert quota["topology"] == topology
+        if n:
+            assert quota["outages"] >= 1, quota
+            assert quota.get("last_error"), quota
     assert all(r >= 1 for n, r in zip(outages, recoveries, strict=True) if n)
 
 
