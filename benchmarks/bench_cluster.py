@@ -10,7 +10,8 @@ For each deployment, measured in the same run on the same machine:
 - `acquire+settle`: `QuotaManager.acquire` (choose the organisation with most headroom and
   reserve all four limits) plus `settle` with Groq's headers folded in, best-of mean;
 - round trips the client sent per reserve+settle (`EVALSHA` and any other command, counted by
-  every primary's `INFO commandstats`, so a redirection or a retry would show);
+  every primary's `INFO commandstats`, so a retry would show), and of those, how many a node
+  refused before running them (`rejected_calls`: a `MOVED`/`ASK` redirection, a `NOSCRIPT`);
 - throughput with 32 concurrent reserve+settle pairs over 12 (organisation, model) pairs.
 
 Ratios are against the single Redis, the alternative a user would otherwise keep.
@@ -78,9 +79,10 @@ async def _best_of(n: int, body: Callable[[], Awaitable[None]], repeats: int = R
     return best
 
 
-def _commands(ports: list[int], reset: bool = False) -> int:
-    """Commands clients sent to these servers (scripts' inner commands excluded)."""
-    total = 0
+def _commands(ports: list[int], reset: bool = False) -> tuple[int, int]:
+    """Commands clients sent to these servers (scripts' inner commands excluded), and how many
+    of them were refused before running."""
+    total = refused = 0
     for port in ports:
         client = redis.Redis(host="127.0.0.1", port=port)
         try:
@@ -89,13 +91,16 @@ def _commands(ports: list[int], reset: bool = False) -> int:
                 continue
             for name, stat in client.info("commandstats").items():
                 command = name.removeprefix("cmdstat_")
+                # A command refused with MOVED/ASK (or NOSCRIPT) is not in `calls` but in
+                # `rejected_calls`, of whatever name: without it a redirection would not show.
+                refused += int(stat.get("rejected_calls", 0))
                 # Commands a script runs inside Redis are counted too; the client sends only
                 # EVALSHA/EVAL, SCRIPT, CLUSTER, PING and the benchmark's own INFO/CONFIG.
                 if command.startswith(("evalsha", "eval", "script", "cluster", "ping")):
                     total += int(stat["calls"])
         finally:
             client.close()
-    return total
+    return total + refused, refused
 
 
 class Target:
@@ -152,11 +157,13 @@ class Target:
         await asyncio.gather(*(lane(k, 25) for k in range(CONCURRENCY)))
         return CONCURRENCY * 25 / (time.perf_counter() - start)
 
-    async def round_trips(self) -> float:
+    async def round_trips(self) -> tuple[float, float]:
+        """Per reserve+settle: commands sent, and of those refused (redirections)."""
         _commands(self.ports(), reset=True)
         for _ in range(N):
             await self.pair()
-        return _commands(self.ports()) / N
+        sent, refused = _commands(self.ports())
+        return sent / N, refused / N
 
     async def aclose(self) -> None:
         assert await self.manager.idle()
@@ -186,11 +193,13 @@ async def bench(targets: dict[str, Target]) -> dict[str, dict[str, float]]:
     out = {}
     for name, t in targets.items():
         s = sorted(samples[name])
+        trips, refused = await t.round_trips()
         out[name] = {
             "reserve+settle mean": mean[name],
             "reserve+settle p50": statistics.median(s),
             "reserve+settle p99": s[int(len(s) * 0.99)],
-            "round trips": await t.round_trips(),
+            "round trips": trips,
+            "of which refused": refused,
             "pairs/s at 32 concurrent": rate[name],
             "acquire+settle mean": managed[name],
         }
@@ -225,13 +234,14 @@ def main() -> None:
     metrics = list(results[names[0]])
     print(f"{'':28}" + "".join(f"{n:>24}" for n in names))
     for metric in metrics:
-        unit = "" if metric in ("round trips", "pairs/s at 32 concurrent") else " µs"
+        counts = ("round trips", "of which refused", "pairs/s at 32 concurrent")
+        unit = "" if metric in counts else " µs"
         row = f"{metric + unit:28}"
         base = results[names[0]][metric]
         for n in names:
             value = results[n][metric]
-            ratio = "" if n == names[0] else f" ({value / base:.2f}x)"
-            row += f"{value:>16.1f}{ratio:>8}" if n != names[0] else f"{value:>24.1f}"
+            ratio = "" if n == names[0] or not base else f" ({value / base:.2f}x)"
+            row += f"{value:>16.2f}{ratio:>8}" if n != names[0] else f"{value:>24.2f}"
         print(row)
     print("\n(x): the deployment's figure divided by the single Redis's (lower is better for")
     print("times and round trips; higher is better for pairs/s)")
