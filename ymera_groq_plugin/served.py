@@ -89,7 +89,14 @@ class ServedModels:
                 "models_refresh_interval must not be negative", setting="models_refresh_interval"
             )
         self.catalog = catalog
-        self._groups = groups
+        # A key adopted from a LiteLLM deployment at another base (`AdoptedKey.api_base`) must
+        # not be sent to the engine's own base: its organisation's models come from the
+        # router's deployments instead. Filtered here, not per listing, so `due()` settles.
+        self._groups: Groups = lambda: [
+            (org, listable)
+            for org, keys in groups()
+            if (listable := [k for k in keys if getattr(k, "api_base", None) is None])
+        ]
         self._lister = lister
         self._file = file
         self._shared = shared

@@ -473,11 +473,6 @@ async def test_a_key_adopted_from_another_base_carries_it(
     assert server.base_url not in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="served.py lists every key of the pool through settings.base_url; it must leave "
-    "out keys whose `api_base` is set (AdoptedKey), a one-line change owned there",
-)
 async def test_no_listing_goes_to_the_settings_base_with_a_key_from_elsewhere(
     elsewhere: Any,
 ) -> None:
