@@ -11,11 +11,13 @@ measured once, never tuned on, then became a tuning split: the signal words were
 the misses of both, and the task type and complexity weights are fitted on both), each with the
 share of complex prompts recognised; then the 5-fold cross-validated task type accuracy over
 calibration + holdout4 (the weights refitted in each fold; needs numpy) and the figures of
-weights fitted on one set measured on the other; then `holdout5` when
-`tests/data/holdout5.json` exists: written by an independent writer, never tuned on, its misses
-never listed. `--misses` lists the task type misses of every tuned-on split. Cost is wall
-time per call, median of repeated runs, for a typical one-line prompt, for the labelled
-prompts without attachments, and for one long-context prompt (where token counting dominates).
+weights fitted on one set measured on the other; then `holdout5` (written by an independent
+writer, measured once, then fitted on: weights only, no signal word chosen from it) and
+`holdout6` when `tests/data/holdout6.json` exists: written by two more independent writers,
+never tuned on, its misses never listed. `--misses` lists the task type misses of every
+tuned-on split. Cost is wall time per call, median of repeated runs, for a typical one-line
+prompt, for the labelled prompts without attachments, and for one long-context prompt (where
+token counting dominates).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def main() -> None:
     for name in SETS:
         subset = labelled_set(name)
         if not subset:
-            continue  # holdout5 is not written yet
+            continue  # a holdout not written yet
         got = [classify(labelled_request(t)) for t in subset]
         ok_t = sum(p.task_type == t["task_type"] for p, t in zip(got, subset, strict=True))
         ok_c = sum(p.complexity == t["complexity"] for p, t in zip(got, subset, strict=True))
