@@ -58,21 +58,16 @@ def _per_call_us(requests: list[ChatRequest], repeat: int) -> float:
     return statistics.median(runs)
 
 
-def _cross_validated() -> None:
-    """Task type accuracy of the model refitted without the prompts it is measured on."""
-    try:
-        import fit_task_type as ft
-    except ImportError as exc:  # numpy is a test extra
-        print(f"  cross-validation skipped ({exc})")
-        return
-    scale, l2 = ft.chosen()
-    cal, hold, old = ft.rows_of(["calibration"]), ft.rows_of(["holdout4"]), ft.rows_of(["tasks"])
-    cv = ft.cross_validate(cal + hold + old, scale, l2)
-    on_hold, on_cal = ft.one_set_out(cal, hold, old, scale, l2)
-    print(f"task type, weights refitted without the prompts measured: 5-fold CV over all tuned-on "
-          f"prompts (n={len(cal) + len(hold) + len(old)}) {cv:.1%}; holdout4 left out of the fit "
-          f"{on_hold:.1%}; calibration left out {on_cal:.1%} (the signal words were chosen "
-          f"seeing all of them)")
+def _held_out() -> None:
+    """Task type accuracy on each writer's prompts under weights fitted without them, as the
+    fit measured it (`python benchmarks/fit_task_type.py` refits and prints them again)."""
+    import json
+
+    doc = json.loads((ROOT / "ymera_groq_plugin" / "data" / "task_type.json").read_text())
+    per = doc.get("leave_one_writer_out") or {}
+    if per:
+        print("task type, each writer left out of the fit (leave-one-writer-out): "
+              + ", ".join(f"{g} {a:.1%}" for g, a in per.items()))
 
 
 def main() -> None:
@@ -113,9 +108,8 @@ def main() -> None:
             for p, t in zip(got, subset, strict=True):
                 if p.task_type != t["task_type"]:
                     print(f"  [{name}] {t['task_type']} → {p.task_type}: {t['text'][:70]!r}")
-        if name == "holdout4":
-            _cross_validated()
 
+    _held_out()
     per_type: Counter[str] = Counter()
     per_type_ok: Counter[str] = Counter()
     for t, p in zip(tasks, profiles, strict=True):

@@ -4,20 +4,23 @@ Run from the repository root:
 
     python benchmarks/fit_task_type.py [--dry-run]
 
-A multinomial logistic regression over the task features of `routing/classify.py` (a feature
-per signal table row, per structural signal, and the agent's usual task type): a weight per
-(feature, task type) and a bias per task type, minimising the mean cross-entropy plus
-`l2 · |W − s·H|²`, where `H` holds the hand weights (each feature towards its own task type)
-and `s` their scale. The penalty pulls towards the hand table, so a feature the prompts show
-rarely keeps about its hand weight; `s` and `l2` are chosen by 5-fold cross-validation over
-all of them. Fitting uses numpy (a test extra); the package scores in pure Python.
+A multinomial logistic regression over the task features of `routing/classify.py`: a feature
+per signal table row, per structural signal and the agent's usual task type, plus one per word
+stem (`word_stems`: the words themselves, as people write them). A weight per (feature, task
+type) and a bias per task type minimise the mean cross-entropy plus `l2 · |W − s·H|²` over the
+signals, where `H` holds the hand weights (each signal towards its own task type) and `s` their
+scale, and `l2w · |W|²` over the word stems (they have no hand weight). The penalty pulls the
+signals towards the hand table, so a signal the prompts show rarely keeps about its hand
+weight. A stem is a feature when at least two prompts use it.
 
-The prompts: `calibration` and `holdout4` (both tuning splits now: holdout4 was measured once,
-then tuned on) and the older `tasks.json` (its splits were each tuned on by earlier passes).
-Fitting on the older prompts too lifts the accuracy on a set written by another hand: weights
-fitted on calibration alone score 79.6 % on holdout4, on calibration + tasks.json 83.7 %.
-`holdout5` (measured once: 69.4 %) is fitted on too, as weights only: no signal word was chosen
-from it. `holdout6` is never read here.
+The penalties are chosen by leave-one-writer-out: each writer's prompts (a labelled file, or
+one writer of `writers.json`) are predicted by weights fitted on everybody else's, which is
+what a new user's prompts are to the model. Fitting uses numpy (a test extra); the package
+scores in pure Python.
+
+The prompts: `calibration`, `holdout4`, `holdout5` and `holdout6` (each measured once when it
+was new, then tuned on), `writers` (six writers, written for training) and the older
+`tasks.json`. `holdout7` is never read here.
 """
 
 from __future__ import annotations
@@ -45,76 +48,98 @@ from tests.unit_tests.test_classify import (  # noqa: E402
     labelled_set,
     labelled_tasks,
 )
-from ymera_groq_plugin.routing.classify import PRIOR, task_features  # noqa: E402
+from ymera_groq_plugin.routing.classify import PRIOR, WORD_PREFIX, task_features  # noqa: E402
 from ymera_groq_plugin.types import TASK_TYPES  # noqa: E402
 
 OUT = ROOT / "ymera_groq_plugin" / "data" / "task_type.json"
-FITTED_ON = ("calibration", "holdout4", "holdout5", "tasks")
+FITTED_ON = ("calibration", "holdout4", "holdout5", "holdout6", "writers", "tasks")
 CLASSES = tuple(TASK_TYPES)
-KEYS = tuple(PRIOR)
 PRUNE = 0.1
 """Weights smaller than this are dropped (also in cross-validation): fewer additions per call."""
-SCALES = (0.5, 1.0)
-L2S = (0.001, 0.003, 0.01)
-Row = tuple[dict[str, float], int]
+MIN_DF = 2
+"""A word stem is a feature when at least this many prompts use it."""
+SCALE = 1.0
+L2 = 0.003
+L2WS = (0.00001, 0.00003, 0.0001)
+Row = tuple[dict[str, float], int, str]
+"""(features, class index, writer)."""
 
 
 def rows_of(names: Sequence[str]) -> list[Row]:
-    """(features, class index) of every prompt of the named sets."""
+    """(features with every word stem, class index, writer) of every prompt of the sets."""
     out: list[Row] = []
     for name in names:
         for t in labelled_tasks() if name == "tasks" else labelled_set(name):
-            out.append((task_features(labelled_request(t)), CLASSES.index(t["task_type"])))
+            feats = task_features(labelled_request(t), all_words=True)
+            out.append((feats, CLASSES.index(t["task_type"]), t.get("writer") or name))
     return out
 
 
-def _matrix(rows: Sequence[Row]) -> np.ndarray:
-    col = {k: i for i, k in enumerate(KEYS)}
-    x = np.zeros((len(rows), len(KEYS)))
-    for r, (f, _) in enumerate(rows):
-        for k, v in f.items():
-            x[r, col[k]] = v
-    return x
-
-
-_HAND = np.zeros((len(KEYS), len(CLASSES)))
-for _i, _k in enumerate(KEYS):
-    _HAND[_i, CLASSES.index(PRIOR[_k][0])] = PRIOR[_k][1]
+def vocabulary(rows: Sequence[Row]) -> tuple[str, ...]:
+    """Every signal of the table, then the word stems at least `MIN_DF` prompts use."""
+    df: dict[str, int] = {}
+    for f, _, _ in rows:
+        for k in f:
+            if k.startswith(WORD_PREFIX):
+                df[k] = df.get(k, 0) + 1
+    return (*PRIOR, *sorted(k for k, n in df.items() if n >= MIN_DF))
 
 
 class Fit:
     """Fitted weights (features × classes) and biases."""
 
-    def __init__(self, w: np.ndarray, b: np.ndarray, scale: float, l2: float) -> None:
-        self.w, self.b, self.scale, self.l2 = w, b, scale, l2
+    def __init__(self, keys: Sequence[str], w: np.ndarray, b: np.ndarray, l2w: float) -> None:
+        self.keys, self.w, self.b, self.l2w = tuple(keys), w, b, l2w
+        self.col = {k: i for i, k in enumerate(self.keys)}
 
     def predict(self, rows: Sequence[Row]) -> list[int]:
         """The predicted class per row; a row without any feature is `general` (as at run time)."""
-        z = _matrix(rows) @ self.w + self.b
+        z = _matrix(rows, self.col) @ self.w + self.b
         general = CLASSES.index("general")
-        return [general if not f else int(np.argmax(z[i])) for i, (f, _) in enumerate(rows)]
+        known = [any(k in self.col for k in f) for f, _, _ in rows]
+        return [int(np.argmax(z[i])) if known[i] else general for i in range(len(rows))]
 
 
-def fit(rows: Sequence[Row], scale: float, l2: float, steps: int = 600, lr: float = 0.05) -> Fit:
-    """Adam on the penalised cross-entropy; rows without features only teach nothing."""
-    used = [r for r in rows if r[0]]
-    x = _matrix(used)
-    y = np.zeros((len(used), len(CLASSES)))
-    y[np.arange(len(used)), [c for _, c in used]] = 1.0
-    prior = scale * _HAND
+def _matrix(rows: Sequence[Row], col: dict[str, int]) -> np.ndarray:
+    x = np.zeros((len(rows), len(col)))
+    for r, (f, _, _) in enumerate(rows):
+        for k, v in f.items():
+            i = col.get(k)
+            if i is not None:
+                x[r, i] = v
+    return x
+
+
+def _hand(keys: Sequence[str]) -> np.ndarray:
+    h = np.zeros((len(keys), len(CLASSES)))
+    for i, k in enumerate(keys):
+        if k in PRIOR:
+            h[i, CLASSES.index(PRIOR[k][0])] = PRIOR[k][1]
+    return h
+
+
+def fit(rows: Sequence[Row], l2w: float, steps: int = 600, lr: float = 0.05) -> Fit:
+    """Adam on the penalised cross-entropy, over the vocabulary of `rows`."""
+    keys = vocabulary(rows)
+    col = {k: i for i, k in enumerate(keys)}
+    x = _matrix(rows, col)
+    y = np.zeros((len(rows), len(CLASSES)))
+    y[np.arange(len(rows)), [c for _, c, _ in rows]] = 1.0
+    prior = SCALE * _hand(keys)
+    pen = np.array([[L2 if k in PRIOR else l2w] for k in keys])
     w = prior.copy()
     b = np.zeros(len(CLASSES))
     mw, vw = np.zeros_like(w), np.zeros_like(w)
     mb, vb = np.zeros_like(b), np.zeros_like(b)
     b1, b2, eps = 0.9, 0.999, 1e-8
-    n = len(used)
+    n = len(rows)
     for step in range(1, steps + 1):
         z = x @ w + b
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
         d = (p - y) / n
-        gw = x.T @ d + 2 * l2 * (w - prior)
+        gw = x.T @ d + 2 * pen * (w - prior)
         gb = d.sum(axis=0)
         mw = b1 * mw + (1 - b1) * gw
         vw = b2 * vw + (1 - b2) * gw**2
@@ -124,20 +149,34 @@ def fit(rows: Sequence[Row], scale: float, l2: float, steps: int = 600, lr: floa
         w -= lr * (mw / c1) / (np.sqrt(vw / c2) + eps)
         b -= lr * (mb / c1) / (np.sqrt(vb / c2) + eps)
     w[np.abs(w) < PRUNE] = 0.0
-    return Fit(w, b, scale, l2)
+    return Fit(keys, w, b, l2w)
 
 
 def accuracy(model: Fit, rows: Sequence[Row]) -> float:
-    return sum(p == y for p, (_, y) in zip(model.predict(rows), rows, strict=True)) / len(rows)
+    return sum(p == y for p, (_, y, _) in zip(model.predict(rows), rows, strict=True)) / len(rows)
 
 
-def cross_validate(
-    rows: Sequence[Row], scale: float, l2: float, k: int = 5, seed: int = 7
-) -> float:
-    """k-fold accuracy, folds stratified by task type."""
+def leave_one_writer_out(rows: Sequence[Row], l2w: float) -> dict[str, float]:
+    """Each writer's accuracy under weights fitted on every other writer's prompts."""
+    out: dict[str, float] = {}
+    for writer in dict.fromkeys(g for _, _, g in rows):
+        test = [r for r in rows if r[2] == writer]
+        train = [r for r in rows if r[2] != writer]
+        out[writer] = accuracy(fit(train, l2w), test)
+    return out
+
+
+def pooled(per_writer: dict[str, float], rows: Sequence[Row]) -> float:
+    """The accuracy over every prompt (each writer weighted by its number of prompts)."""
+    sizes = {g: sum(1 for r in rows if r[2] == g) for g in per_writer}
+    return sum(per_writer[g] * sizes[g] for g in per_writer) / sum(sizes.values())
+
+
+def cross_validate(rows: Sequence[Row], l2w: float, k: int = 5, seed: int = 7) -> float:
+    """k-fold accuracy, folds stratified by task type (writers mixed: flatters new writers)."""
     rng = random.Random(seed)
     by_class: dict[int, list[int]] = {}
-    for i, (_, y) in enumerate(rows):
+    for i, (_, y, _) in enumerate(rows):
         by_class.setdefault(y, []).append(i)
     fold_of = [0] * len(rows)
     j = 0
@@ -150,24 +189,8 @@ def cross_validate(
     for f in range(k):
         train = [r for i, r in enumerate(rows) if fold_of[i] != f]
         test = [r for i, r in enumerate(rows) if fold_of[i] == f]
-        ok += round(accuracy(fit(train, scale, l2), test) * len(test))
+        ok += round(accuracy(fit(train, l2w), test) * len(test))
     return ok / len(rows)
-
-
-def one_set_out(
-    cal: Sequence[Row], hold: Sequence[Row], old: Sequence[Row], scale: float, l2: float
-) -> tuple[float, float]:
-    """Accuracy on holdout4, then on calibration, each left out of the fit (the other two in)."""
-    return (
-        accuracy(fit([*cal, *old], scale, l2), hold),
-        accuracy(fit([*hold, *old], scale, l2), cal),
-    )
-
-
-def chosen() -> tuple[float, float]:
-    """The (scale, l2) of the embedded model."""
-    doc: dict[str, Any] = json.loads(OUT.read_text("utf-8"))
-    return float(doc["prior_scale"]), float(doc["l2"])
 
 
 def main() -> None:
@@ -175,53 +198,58 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     args = parser.parse_args()
 
-    cal, hold, old = rows_of(["calibration"]), rows_of(["holdout4"]), rows_of(["tasks"])
-    h5 = rows_of(["holdout5"])
-    rows = cal + hold + old + h5
-    print(f"{' + '.join(FITTED_ON)}: {len(rows)} prompts, {len(KEYS)} features")
-    hand = Fit(_HAND.copy(), np.zeros(len(CLASSES)), 1.0, 0.0)
-    print(f"  hand weights alone (no fit): {accuracy(hand, rows):.1%}")
-    best = (0.0, 0.0, -1.0)
-    for scale in SCALES:
-        for l2 in L2S:
-            acc = cross_validate(rows, scale, l2)
-            print(f"  scale {scale:<4g} l2 {l2:<7g} 5-fold accuracy {acc:.1%}")
-            if acc > best[2]:
-                best = (scale, l2, acc)
-    scale, l2, cv = best
-    on_hold, on_cal = one_set_out(cal, hold, [*old, *h5], scale, l2)
-    on_h5 = accuracy(fit(cal + hold + old, scale, l2), h5)
+    rows = rows_of(FITTED_ON)
+    writers = list(dict.fromkeys(g for _, _, g in rows))
     print(
-        f"chosen scale {scale:g}, l2 {l2:g}: 5-fold {cv:.1%}; holdout4 left out of the fit: "
-        f"{on_hold:.1%}; calibration left out of the fit: {on_cal:.1%}; holdout5 left out of "
-        f"the fit: {on_h5:.1%}"
+        f"{' + '.join(FITTED_ON)}: {len(rows)} prompts by {len(writers)} writers, "
+        f"{len(vocabulary(rows))} features"
     )
-    model = fit(rows, scale, l2)
+    best: tuple[float, float, dict[str, float]] = (0.0, -1.0, {})
+    for l2w in L2WS:
+        per = leave_one_writer_out(rows, l2w)
+        acc = pooled(per, rows)
+        print(f"  l2w {l2w:<7g} leave-one-writer-out {acc:.1%}")
+        if acc > best[1]:
+            best = (l2w, acc, per)
+    l2w, lowo, per = best
+    print(f"chosen l2w {l2w:g}: " + ", ".join(f"{g} {a:.1%}" for g, a in per.items()))
+    model = fit(rows, l2w)
     print(f"fitted on all: {accuracy(model, rows):.1%} (in-sample)")
     if args.dry_run:
         return
+    hand = SCALE * _hand(model.keys)
     weights: dict[str, dict[str, float]] = {}
-    for i, k in enumerate(KEYS):
-        if np.abs(model.w[i] - scale * _HAND[i]).max() < 1e-3 and scale * _HAND[i].max() >= PRUNE:
+    for i, k in enumerate(model.keys):
+        if k in PRIOR and np.abs(model.w[i] - hand[i]).max() < 1e-3 and hand[i].max() >= PRUNE:
             continue  # never seen: the run time falls back to the scaled hand weight
-        weights[k] = {c: round(float(v), 3) for c, v in zip(CLASSES, model.w[i], strict=True) if v}
+        row = {c: round(float(v), 3) for c, v in zip(CLASSES, model.w[i], strict=True) if v}
+        if row or k in PRIOR:
+            weights[k] = row
     doc = {
         "about": (
             "Task type model: multinomial logistic regression over the task features of "
-            "routing/classify.py, fitted by benchmarks/fit_task_type.py on calibration + "
-            f"holdout4 + holdout5 + tasks.json ({len(rows)} prompts, all tuning splits), L2 "
-            f"towards the hand weights × {scale:g} (l2 {l2:g}), chosen by 5-fold "
-            f"cross-validation: {cv:.1%}. Never fitted on holdout6."
+            "routing/classify.py (signals and word stems), fitted by benchmarks/fit_task_type.py "
+            f"on {' + '.join(FITTED_ON)} ({len(rows)} prompts by {len(writers)} writers, all "
+            f"tuning splits), L2 towards the hand weights × {SCALE:g} (l2 {L2:g}) and towards 0 "
+            f"for word stems (l2w {l2w:g}, chosen by leave-one-writer-out: {lowo:.1%}). Never "
+            "fitted on holdout7."
         ),
         "classes": list(CLASSES),
-        "prior_scale": scale,
-        "l2": l2,
-        "cv_accuracy": round(cv, 4),
+        "prior_scale": SCALE,
+        "l2": L2,
+        "l2w": l2w,
+        "leave_one_writer_out": {g: round(a, 4) for g, a in per.items()},
         "bias": {c: round(float(v), 3) for c, v in zip(CLASSES, model.b, strict=True)},
         "weights": weights,
     }
     OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+def chosen() -> dict[str, Any]:
+    """The embedded model's document (its penalties and held-out figures)."""
+    doc: dict[str, Any] = json.loads(OUT.read_text("utf-8"))
+    return doc
 
 
 if __name__ == "__main__":

@@ -42,20 +42,22 @@ def labelled_tasks() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(DATA.read_text("utf-8")))
 
 
-SETS = ("calibration", "holdout4", "holdout5", "holdout6")
+SETS = ("calibration", "holdout4", "holdout5", "holdout6", "writers", "holdout7")
 """Separate labelled files, written by helpers who never opened the classifier (issue 16):
 `calibration` (349 prompts) was tuned on from the start; `holdout4` (147) was measured once
 (task type 72.8 %, complexity 79.6 %, complex found 85 %) and then became a tuning split too:
 the signal words were extended from the misses of both, and the task type and complexity
 weights are fitted on both. `holdout5`, written later by an independent writer, was measured
 once (task type 69.4 %, complexity 70.6 %, complex found 77 %) and then became a tuning split
-(the weights are fitted on it too; no signal word was chosen from it). `holdout6`, by two more
-independent writers, is never tuned on (its file may not exist: then it is empty)."""
+(the weights are fitted on it too; no signal word was chosen from it); so was `holdout6`, by two
+more independent writers (task type 69.4 %, complexity 64.7 %, complex found 70 %). `writers`
+holds 612 prompts by six more writers, written for training (each prompt names its writer).
+`holdout7`, by two more, is never tuned on (its file may not exist: then it is empty)."""
 
-NEVER_TUNED = ("holdout6",)
+NEVER_TUNED = ("holdout7",)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def labelled_set(name: str) -> tuple[dict[str, Any], ...]:
     """A set of `SETS`, each entry with its `split` set to the file's name."""
     if name not in SETS:
@@ -387,7 +389,7 @@ def test_weights_are_data_fitted_on_the_tuning_splits_only() -> None:
     from ymera_groq_plugin.routing.complexity import load_weights
 
     w = load_weights()
-    assert "calibration + holdout4 + holdout5" in w.about and "Never fitted on holdout6" in w.about
+    assert "holdout6 + writers" in w.about and "Never fitted on holdout7" in w.about
     assert w.theta[0] < w.theta[1]
     # The signals of hard work push towards complex, asking for little pulls back.
     for name in ("design", "proof", "hard_artefact", "scale"):
@@ -396,14 +398,16 @@ def test_weights_are_data_fitted_on_the_tuning_splits_only() -> None:
 
 
 def test_task_type_weights_are_data_and_reasons_name_the_deciding_signals() -> None:
-    from ymera_groq_plugin.routing.classify import PRIOR
+    from ymera_groq_plugin.routing.classify import PRIOR, WORD_PREFIX
     from ymera_groq_plugin.routing.task_model import load_task_model
 
     m = load_task_model()
-    assert "Never fitted on holdout6" in m.about
+    assert "Never fitted on holdout7" in m.about
     assert m.classes == tuple(TASK_TYPES)
-    # Every fitted feature is a known signal; a fitted signal still points at its own task.
-    assert set(m.weights) <= set(PRIOR)
+    # Every fitted feature is a known signal or a word stem; a fitted signal still points at
+    # its own task.
+    assert {k for k in m.weights if not k.startswith(WORD_PREFIX)} <= set(PRIOR)
+    assert any(k.startswith(WORD_PREFIX) for k in m.weights)
     own = [k for k in m.weights if k.startswith("testing: unit test")]
     assert own and all(dict(m.weights[k])[TASK_TYPES.index("testing")] > 0 for k in own)
     p = classify(req("Write pytest unit tests with fixtures for the cart service"))

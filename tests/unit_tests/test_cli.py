@@ -74,12 +74,18 @@ def test_models_json_carries_the_evidence(capsys: pytest.CaptureFixture[str]) ->
 
 def test_route_json_has_the_plan_and_its_reasons(capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(
-        capsys, "route", "Review this code for SQL injection: cursor.execute(q % x)", "--json"
+        capsys,
+        "route",
+        "Review this login handler for SQL injection vulnerabilities: cursor.execute(q % x)",
+        "--json",
     )
     assert {"task_type", "complexity", "estimated_tokens", "plan", "reasons"} <= set(data)
-    # A review for one class of vulnerability is security work, as the labelled sets have it
-    # ("Review this login endpoint for security vulnerabilities", "… for injection risks").
+    # A review for vulnerabilities is security work, as the labelled sets have it ("Review
+    # this login endpoint for security vulnerabilities"); "review this code for …" alone leans
+    # to code review in them, so the test names what is reviewed for.
     assert data["task_type"] == "security"
+    line = next(r for r in data["reasons"] if r.startswith("signals: security"))
+    assert "sql injection" in line, line
     assert data["estimated_tokens"] > 0
     served = {m.id for m in default_catalog().served()}
     assert data["plan"] and set(data["plan"]) <= served

@@ -29,6 +29,12 @@ Complexity is a separate score over signals of hard work (deliverables, design a
 verbs, scale, steps and constraints, requested output size, real against claimed size, cue
 words, the task type, the agent class's `complexity_bias`) with fitted weights: see
 `complexity.py`. The reasons name the signals that decided it.
+
+Both models also read the words themselves (`word_stems`: the first seven letters of each word
+of the last user message, stop words left out), each a feature whose weight was fitted on the
+labelled prompts of several independent writers: the signal table says what a task type is
+made of as we wrote it, the words carry how other people ask for it. Only stems the fitted
+model knows are looked up (a few dictionary lookups per request).
 """
 
 from __future__ import annotations
@@ -44,7 +50,14 @@ from . import complexity as _cx
 from . import task_model as _tm
 from .policy import AgentMatch, Policy, default_policy
 
-__all__ = ["PRIOR", "classify", "complexity_features", "request_texts", "task_features"]
+__all__ = [
+    "PRIOR",
+    "classify",
+    "complexity_features",
+    "request_texts",
+    "task_features",
+    "word_stems",
+]
 
 # Per-token signal lookups are memoised. Prompts carry endless one-off tokens (ids, numbers,
 # names), so the memo is cleared when full: a larger bound was most of a long-running worker's
@@ -531,8 +544,18 @@ _SQL = re.compile(
     r"|\b(?:create|alter|drop)\s+(?:table|index|view|unique\s+index)\b|\bexplain\s+analy[sz]e\b"
     r"|\bseq\s+scan\b|\bgroup\s+by\b"
 )
-_SQL_HINTS = ("select", "insert", " set ", "delete from", "table", "index", "view", "explain",
-              "seq scan", "group by")
+_SQL_HINTS = (
+    "select",
+    "insert",
+    " set ",
+    "delete from",
+    "table",
+    "index",
+    "view",
+    "explain",
+    "seq scan",
+    "group by",
+)
 _SQL_HINT = re.compile("|".join(re.escape(h) for h in _SQL_HINTS))
 _CONTENT_LABEL = re.compile(
     r"\s*(?:post|reply|comment|message|tweet|dm|caption|bio|username)\b[^:\n]{0,30}:", re.I
@@ -587,7 +610,7 @@ class _Cues:
         meta = _CUES_M.meta
         for sig, start, length in _CUES_M.find(tokens):
             name = meta[sig][0]
-            phrase = tokens[start] if length == 1 else " ".join(tokens[start:start + length])
+            phrase = tokens[start] if length == 1 else " ".join(tokens[start : start + length])
             got = found.get(name)
             if got is None:
                 found[name] = {phrase}
@@ -706,7 +729,7 @@ def _task_scores(
             c = counts.get(sig, 0)
             counts[sig] = c + 1
             if c == 0:
-                first[sig] = part[start] if length == 1 else " ".join(part[start:start + length])
+                first[sig] = part[start] if length == 1 else " ".join(part[start : start + length])
         for sig, c in counts.items():
             _add(feats, why, keys[sig], first[sig], weight * _REPEAT[min(c, 3) - 1])
 
@@ -743,8 +766,10 @@ def _task_scores(
         _add(feats, why, "stack trace", "stack trace")
     if _SQL_HINT.search(lower) and _SQL.search(lower):
         _add(feats, why, "SQL statement", "SQL statement")
-    if ("\n+" in text or "\n-" in text) and "diff block" not in feats and (
-        len(_DIFF_LINES.findall(text)) >= 3
+    if (
+        ("\n+" in text or "\n-" in text)
+        and "diff block" not in feats
+        and (len(_DIFF_LINES.findall(text)) >= 3)
     ):
         _add(feats, why, "diff lines", "diff lines")
     if "\n" in text and len(_LOG_LINES.findall(text)) >= 2:
@@ -809,6 +834,40 @@ def _instruction(prose: str) -> str:
     return prose
 
 
+_WORD = re.compile(r"[a-z][a-z0-9]+")
+_STEM = 7
+"""Letters a word stem keeps: `validate`, `validation` and `validating` are one feature."""
+_STOP = (
+    "the and for this that with are our you your can does how what which from have has was "
+    "but not all any its into than then them they their there these those will would should "
+    "could about just also been being over some such only very"
+)
+_STOP_WORDS = frozenset(_STOP.split())
+WORD_PREFIX = "w:"
+"""Feature names of word stems (`w:validat`); everything else is a named signal."""
+
+
+def word_stems(text: str) -> frozenset[str]:
+    """The word features of `text` (`w:` + the first seven letters of each word of three
+    letters or more, stop words left out): the words as such, beside the named signals."""
+    return frozenset(
+        WORD_PREFIX + w[:_STEM]
+        for w in _WORD.findall(text.lower())
+        if len(w) > 2 and w not in _STOP_WORDS
+    )
+
+
+def _add_words(
+    feats: dict[str, float], why: dict[str, str] | None, stems: frozenset[str], known: Any
+) -> None:
+    """Add the stems the fitted model knows (`known`: its weights; `None`: every stem)."""
+    for k in stems:
+        if known is None or k in known:
+            feats[k] = 1.0
+            if why is not None:
+                why.setdefault(k, f"word {k[len(WORD_PREFIX) :]}…")
+
+
 def _complexity_features(
     user: str,
     task_type: str,
@@ -848,8 +907,11 @@ def _add_agent_prior(
         _add(feats, why, key, "agent prior", policy.agent_prior_weight / _AGENT_PRIOR_UNIT)
 
 
-def task_features(request: ChatRequest, policy: Policy | None = None) -> Features:
-    """The task features of a request without an explicit task type (for fitting the model)."""
+def task_features(
+    request: ChatRequest, policy: Policy | None = None, *, all_words: bool = False
+) -> Features:
+    """The task features of a request without an explicit task type (for fitting the model):
+    the stems the embedded model knows, or every stem with `all_words`."""
     policy = policy or default_policy()
     tools = request.params.get("tools") if request.params else None
     tokens = estimate_prompt_tokens(request.messages, tools=tools)
@@ -857,13 +919,16 @@ def task_features(request: ChatRequest, policy: Policy | None = None) -> Feature
     feats, why, _, _, _ = _task_scores(system, user, tokens, policy)
     agent_name = request.agent_name or (request.metadata or {}).get("agent_name")
     _add_agent_prior(feats, why, policy.agent(agent_name), policy)
+    known = None if all_words else _tm.load_task_model().weights
+    _add_words(feats, None, word_stems(user), known)
     return feats
 
 
 def complexity_features(
-    request: ChatRequest, policy: Policy | None = None
+    request: ChatRequest, policy: Policy | None = None, *, all_words: bool = False
 ) -> tuple[dict[str, float], int]:
-    """The complexity features of a request and its prompt tokens (for fitting the weights)."""
+    """The complexity features of a request and its prompt tokens (for fitting the weights):
+    the stems the embedded weights know, or every stem with `all_words`."""
     policy = policy or default_policy()
     profile = classify(request, policy)
     system, user = request_texts(request.messages)
@@ -872,6 +937,7 @@ def complexity_features(
     match = policy.agent(profile.agent_name)
     bias = policy.agent_classes[match.agent_class].complexity_bias if match else 0.0
     x = _complexity_features(user, profile.task_type, tokens, code_lines, items, bias, cues)
+    _add_words(x, None, word_stems(user), None if all_words else _cx.load_weights().weights)
     return x, tokens
 
 
@@ -954,12 +1020,15 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
         reasons.append(f"agent {agent_name!r} ({agent_source}) matches no agent class")
 
     feats, why, code_lines, items, cues = _task_scores(system, user, tokens, policy)
+    stems = word_stems(user)
     if task_type is None:
         _add_agent_prior(feats, why, match, policy)
+        _add_words(feats, why, stems, _tm.load_task_model().weights)
         task_type, reason = _tm.decide(feats, why, PRIOR)
         reasons.append(reason)
 
     x = _complexity_features(user, task_type, tokens, code_lines, items, bias, cues)
+    _add_words(x, None, stems, _cx.load_weights().weights)
     complexity, cscore, notes = _cx.decide(x, tokens)
     reasons.append(
         f"complexity {complexity} (score {cscore:+.1f}"

@@ -274,7 +274,13 @@ def decide(
     for k, c in ranked[:3]:
         if sign and c * sign <= 0:
             break
-        name = f"task {k[5:]}" if k.startswith("task:") else LABELS.get(k, k)
+        name = (
+            f"task {k[5:]}"
+            if k.startswith("task:")
+            else f"word {k[2:]}…"
+            if k.startswith("w:")
+            else LABELS.get(k, k)
+        )
         shown = f"{x[k]:.2g}" if x[k] != 1.0 else ""
         notes.append(f"{name}{' ' + shown if shown else ''} ({c:+.1f})")
     return label, score, notes
