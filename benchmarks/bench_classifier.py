@@ -5,19 +5,15 @@ Run from the repository root:
     python benchmarks/bench_classifier.py [--misses]
 
 Accuracy is printed per split of `tests/data/tasks.json` (see `tests/unit_tests/
-test_classify.py` for what each split means; the task type model is not fitted on them), then
-for the larger sets of issue 16: `calibration` and `holdout4` are both tuned on (holdout4 was
-measured once, never tuned on, then became a tuning split: the signal words were extended from
-the misses of both, and the task type and complexity weights are fitted on both), each with the
-share of complex prompts recognised; then the 5-fold cross-validated task type accuracy over
-calibration + holdout4 (the weights refitted in each fold; needs numpy) and the figures of
-weights fitted on one set measured on the other; then `holdout5` (written by an independent
-writer, measured once, then fitted on: weights only, no signal word chosen from it) and
-`holdout6` when `tests/data/holdout6.json` exists: written by two more independent writers,
-never tuned on, its misses never listed. `--misses` lists the task type misses of every
-tuned-on split. Cost is wall time per call, median of repeated runs, for a typical one-line
-prompt, for the labelled prompts without attachments, and for one long-context prompt (where
-token counting dominates).
+test_classify.py` for what each split means), then for the labelled sets of issue 16, each
+with the share of complex prompts recognised: `calibration`, `holdout4`, `holdout5`,
+`holdout6`, `holdout7` (each measured once when it was new, then tuned on) and `writers`
+(written for training) are all tuned on; then the task type accuracy of each writer left out
+of the fit, as `fit_task_type.py` measured it; then `holdout8` when `tests/data/holdout8.json`
+exists: written by two more independent writers, never tuned on, its misses never listed.
+`--misses` lists the task type misses of every tuned-on split. Cost is wall time per call,
+median of repeated runs, for a typical one-line prompt, for the labelled prompts without
+attachments, and for one long-context prompt (where token counting dominates).
 """
 
 from __future__ import annotations
@@ -59,15 +55,16 @@ def _per_call_us(requests: list[ChatRequest], repeat: int) -> float:
 
 
 def _held_out() -> None:
-    """Task type accuracy on each writer's prompts under weights fitted without them, as the
-    fit measured it (`python benchmarks/fit_task_type.py` refits and prints them again)."""
+    """Task type and complexity accuracy on each writer's prompts under weights fitted without
+    them, as the fits measured them (`fit_task_type.py`, `fit_complexity.py` print them again)."""
     import json
 
-    doc = json.loads((ROOT / "ymera_groq_plugin" / "data" / "task_type.json").read_text())
-    per = doc.get("leave_one_writer_out") or {}
-    if per:
-        print("task type, each writer left out of the fit (leave-one-writer-out): "
-              + ", ".join(f"{g} {a:.1%}" for g, a in per.items()))
+    for what, name in (("task type", "task_type"), ("complexity", "complexity")):
+        doc = json.loads((ROOT / "ymera_groq_plugin" / "data" / f"{name}.json").read_text())
+        per = doc.get("leave_one_writer_out") or {}
+        if per:
+            print(f"{what}, each writer left out of the fit (leave-one-writer-out): "
+                  + ", ".join(f"{g} {a:.1%}" for g, a in per.items()))
 
 
 def main() -> None:

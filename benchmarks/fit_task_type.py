@@ -18,9 +18,9 @@ one writer of `writers.json`) are predicted by weights fitted on everybody else'
 what a new user's prompts are to the model. Fitting uses numpy (a test extra); the package
 scores in pure Python.
 
-The prompts: `calibration`, `holdout4`, `holdout5` and `holdout6` (each measured once when it
-was new, then tuned on), `writers` (six writers, written for training) and the older
-`tasks.json`. `holdout7` is never read here.
+The prompts: `calibration`, `holdout4`, `holdout5`, `holdout6` and `holdout7` (each measured
+once when it was new, then tuned on), `writers` (six writers, written for training) and the
+older `tasks.json`. `holdout8` is never read here.
 """
 
 from __future__ import annotations
@@ -52,7 +52,15 @@ from ymera_groq_plugin.routing.classify import PRIOR, WORD_PREFIX, task_features
 from ymera_groq_plugin.types import TASK_TYPES  # noqa: E402
 
 OUT = ROOT / "ymera_groq_plugin" / "data" / "task_type.json"
-FITTED_ON = ("calibration", "holdout4", "holdout5", "holdout6", "writers", "tasks")
+FITTED_ON = (
+    "calibration",
+    "holdout4",
+    "holdout5",
+    "holdout6",
+    "holdout7",
+    "writers",
+    "tasks",
+)
 CLASSES = tuple(TASK_TYPES)
 PRUNE = 0.1
 """Weights smaller than this are dropped (also in cross-validation): fewer additions per call."""
@@ -60,7 +68,7 @@ MIN_DF = 2
 """A word stem is a feature when at least this many prompts use it."""
 SCALE = 1.0
 L2 = 0.003
-L2WS = (0.00001, 0.00003, 0.0001)
+L2WS = (0.00001, 0.00003)
 Row = tuple[dict[str, float], int, str]
 """(features, class index, writer)."""
 
@@ -232,7 +240,7 @@ def main() -> None:
             f"on {' + '.join(FITTED_ON)} ({len(rows)} prompts by {len(writers)} writers, all "
             f"tuning splits), L2 towards the hand weights × {SCALE:g} (l2 {L2:g}) and towards 0 "
             f"for word stems (l2w {l2w:g}, chosen by leave-one-writer-out: {lowo:.1%}). Never "
-            "fitted on holdout7."
+            "fitted on holdout8."
         ),
         "classes": list(CLASSES),
         "prior_scale": SCALE,

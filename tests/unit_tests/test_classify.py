@@ -42,7 +42,15 @@ def labelled_tasks() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(DATA.read_text("utf-8")))
 
 
-SETS = ("calibration", "holdout4", "holdout5", "holdout6", "writers", "holdout7")
+SETS = (
+    "calibration",
+    "holdout4",
+    "holdout5",
+    "holdout6",
+    "writers",
+    "holdout7",
+    "holdout8",
+)
 """Separate labelled files, written by helpers who never opened the classifier (issue 16):
 `calibration` (349 prompts) was tuned on from the start; `holdout4` (147) was measured once
 (task type 72.8 %, complexity 79.6 %, complex found 85 %) and then became a tuning split too:
@@ -52,9 +60,12 @@ once (task type 69.4 %, complexity 70.6 %, complex found 77 %) and then became a
 (the weights are fitted on it too; no signal word was chosen from it); so was `holdout6`, by two
 more independent writers (task type 69.4 %, complexity 64.7 %, complex found 70 %). `writers`
 holds 612 prompts by six more writers, written for training (each prompt names its writer).
-`holdout7`, by two more, is never tuned on (its file may not exist: then it is empty)."""
+`holdout7`, by two more (near-duplicates of earlier prompts removed), was measured once on the
+first model with word features (task type 90.0 %, complexity 78.8 %, complex found 88 %), then
+tuned on. `holdout8`, by two more, is never tuned on (its file may not exist: then it is
+empty)."""
 
-NEVER_TUNED = ("holdout7",)
+NEVER_TUNED = ("holdout8",)
 
 
 @lru_cache(maxsize=8)
@@ -389,12 +400,16 @@ def test_weights_are_data_fitted_on_the_tuning_splits_only() -> None:
     from ymera_groq_plugin.routing.complexity import load_weights
 
     w = load_weights()
-    assert "holdout6 + writers" in w.about and "Never fitted on holdout7" in w.about
-    assert w.theta[0] < w.theta[1]
-    # The signals of hard work push towards complex, asking for little pulls back.
+    assert "holdout7 + writers" in w.about and "Never fitted on holdout8" in w.about
+    # The signals of hard work push towards complex rather than simple, asking for little
+    # pulls back.
+    def towards_complex(name: str) -> float:
+        simple, _, complex_ = w.weights[name]
+        return complex_ - simple
+
     for name in ("design", "proof", "hard_artefact", "scale"):
-        assert w.weights[name] > 0, name
-    assert w.weights["output_small"] < 0 or w.weights["fact_question"] < 0
+        assert towards_complex(name) > 0, name
+    assert towards_complex("output_small") < 0 or towards_complex("fact_question") < 0
 
 
 def test_task_type_weights_are_data_and_reasons_name_the_deciding_signals() -> None:
@@ -402,7 +417,7 @@ def test_task_type_weights_are_data_and_reasons_name_the_deciding_signals() -> N
     from ymera_groq_plugin.routing.task_model import load_task_model
 
     m = load_task_model()
-    assert "Never fitted on holdout7" in m.about
+    assert "Never fitted on holdout8" in m.about
     assert m.classes == tuple(TASK_TYPES)
     # Every fitted feature is a known signal or a word stem; a fitted signal still points at
     # its own task.

@@ -1,4 +1,4 @@
-"""How hard a request is: signals over the instruction, weighed by a fitted ordinal model.
+"""How hard a request is: signals over the instruction, weighed by a fitted logistic model.
 
 The classifier (`classify.py`) reads the instruction once; this module names what it looks
 for and turns the findings into a complexity:
@@ -15,16 +15,18 @@ for and turns the findings into a complexity:
 - **real size against claimed size**: the tokens of pasted material (code, lists, logs,
   attachments) beside words that only claim size ("the attached", "this long log");
 - the earlier cue words, the instruction's length, the task type and the agent class's
-  `complexity_bias`.
+  `complexity_bias`;
+- the words themselves (`classify.word_stems`), as the labelled writers used them.
 
 The weights are data (`data/complexity.json`), fitted by `benchmarks/fit_complexity.py` as a
-proportional-odds (ordinal logistic) model on the `calibration` split only: one score
-`s = w · x`; `P(harder than simple) = σ(s − θ₁)`, `P(complex) = σ(s − θ₂)`; the most probable
-class wins. Real size is a fixed rule rather than fitted, because no calibration prompt
-carries more than about 5k tokens of material: a prompt of 32k tokens or more adds the
-distance between the two thresholds (one class up), 8k or more half of it; and the pasted
-material feature stops growing where the calibration data stops instead of extrapolating
-its fitted weight.
+multinomial logistic model: a score per class, `z_c = b_c + Σ w_{k,c} x_k`; the most probable
+class wins. (A proportional-odds model, one score and two thresholds, was the first form; on
+prompts of writers left out of the fit it was about 3 points less accurate: where "moderate"
+ends depends on words that do not also push towards "complex".) Real size is a fixed rule
+rather than fitted, because no labelled prompt carries more than about 5k tokens of material:
+a prompt of 32k tokens or more is one class above what its features say, 8k or more at least
+moderate; and the pasted material feature stops growing where the labelled data stops instead
+of extrapolating its fitted weight.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from typing import Any
 
 from ..types import Complexity
 
-__all__ = ["SIGNALS", "Weights", "decide", "load_weights"]
+__all__ = ["CLASSES", "SIGNALS", "Weights", "decide", "load_weights", "probabilities"]
+
+CLASSES: tuple[Complexity, Complexity, Complexity] = ("simple", "moderate", "complex")
 
 # (signal, weight (unused: the fitted weights decide), alternatives), in the token matcher's
 # syntax (see classify.py): `stem*`, `{a,b}`, `*`.
@@ -91,8 +95,9 @@ SIGNALS: tuple[tuple[str, float, str], ...] = (
     ("claims_size", 1.0, "these {files,modules,documents,logs,pages,chapters}|huge|large"),
 )
 
-FIXED_RULES: tuple[tuple[int, float], ...] = ((32000, 1.0), (8000, 0.5))
-"""(prompt tokens at least, share of θ₂ − θ₁ added): real size, fixed (module docstring)."""
+FIXED_RULES: tuple[tuple[int, int], ...] = ((32000, 1), (8000, 0))
+"""(prompt tokens at least, what it does): real size, fixed (module docstring). 1: one class
+above what the features say; 0: at least moderate."""
 
 _WORDS_CENTRE = 4.0
 """log2(1 + 15): the instruction length feature is 0 for a 15-word instruction."""
@@ -149,13 +154,18 @@ LABELS: dict[str, str] = {
 
 
 class Weights:
-    """The fitted model: a weight per feature and two thresholds."""
+    """The fitted model: a bias per class and, per feature, a weight per class."""
 
-    __slots__ = ("about", "theta", "weights")
+    __slots__ = ("about", "bias", "weights")
 
-    def __init__(self, weights: Mapping[str, float], theta: tuple[float, float], about: str):
+    def __init__(
+        self,
+        weights: Mapping[str, tuple[float, float, float]],
+        bias: tuple[float, float, float],
+        about: str,
+    ) -> None:
         self.weights = dict(weights)
-        self.theta = theta
+        self.bias = bias
         self.about = about
 
 
@@ -164,8 +174,9 @@ def load_weights() -> Weights:
     """The embedded weights (`data/complexity.json`), parsed once per process."""
     text = resources.files("ymera_groq_plugin").joinpath("data/complexity.json").read_text("utf-8")
     doc: dict[str, Any] = json.loads(text)
-    t1, t2 = (float(v) for v in doc["thresholds"])
-    return Weights({k: float(v) for k, v in doc["weights"].items()}, (t1, t2), doc["about"])
+    b = doc["bias"]
+    weights = {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in doc["weights"].items()}
+    return Weights(weights, (float(b[0]), float(b[1]), float(b[2])), doc["about"])
 
 
 def features(
@@ -225,55 +236,52 @@ def features(
     return x
 
 
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-def probabilities(score: float, theta: tuple[float, float]) -> tuple[float, float, float]:
-    """(simple, moderate, complex) under the proportional-odds model."""
-    above_simple = _sigmoid(score - theta[0])
-    complex_ = _sigmoid(score - theta[1])
-    return 1.0 - above_simple, max(0.0, above_simple - complex_), complex_
+def probabilities(logits: tuple[float, float, float]) -> tuple[float, float, float]:
+    """(simple, moderate, complex) from the three class scores (softmax)."""
+    top = max(logits)
+    e = [math.exp(z - top) for z in logits]
+    total = sum(e)
+    return e[0] / total, e[1] / total, e[2] / total
 
 
 def decide(
     x: Mapping[str, float], tokens: int, weights: Weights | None = None
 ) -> tuple[Complexity, float, list[str]]:
-    """The complexity of a feature vector, its score and the signals that decided it."""
+    """The complexity of a feature vector, its score (the complex score less the simple one)
+    and the signals that decided it."""
     w = weights or load_weights()
-    contrib = {k: v * w.weights.get(k, 0.0) for k, v in x.items()}
-    if tokens >= FIXED_RULES[-1][0]:
-        # Beyond the calibration data's sizes the fixed rule speaks for the material.
-        contrib.pop("material", None)
-    score = sum(contrib.values())
+    table = w.weights
+    z = list(w.bias)
+    rows: dict[str, tuple[float, float, float]] = {}
+    for k, v in x.items():
+        row = table.get(k)
+        if row is None:
+            continue
+        if k == "material" and tokens >= FIXED_RULES[0][0]:
+            continue  # beyond the labelled data's sizes the fixed rule speaks for the material
+        rows[k] = row
+        z[0] += v * row[0]
+        z[1] += v * row[1]
+        z[2] += v * row[2]
     notes: list[str] = []
-    for at_least, share in FIXED_RULES:
+    best = max(range(3), key=lambda i: z[i])
+    for at_least, up in FIXED_RULES:
         if tokens >= at_least:
-            add = share * (w.theta[1] - w.theta[0])
-            score += add
-            notes.append(f"prompt ~{tokens} tokens (+{add:.1f})")
+            raised = min(2, best + 1) if up else max(best, 1)
+            notes.append(
+                f"prompt ~{tokens} tokens ({'one class up' if up else 'at least moderate'}: "
+                f"{CLASSES[best]} → {CLASSES[raised]})"
+            )
+            best = raised
             break
-    p = probabilities(score, w.theta)
-    label: Complexity
-    if p[2] >= p[1] and p[2] >= p[0]:
-        label = "complex"
-    elif p[0] >= p[1]:
-        label = "simple"
-    else:
-        label = "moderate"
-    # The signals that pushed towards the decision: upwards for complex, downwards for
-    # simple, the largest either way for moderate.
-    sign = 1.0 if label == "complex" else -1.0 if label == "simple" else 0.0
-    ranked = sorted(
-        ((k, c) for k, c in contrib.items() if abs(c) >= 0.05),
-        key=lambda kc: -(kc[1] * sign if sign else abs(kc[1])),
-    )
+    label = CLASSES[best]
+    # The signals that pushed towards the decision: a feature's weight for the winner beyond
+    # its mean weight for the other two classes.
+    contrib = {
+        k: x[k] * (row[best] - (sum(row) - row[best]) / 2) for k, row in rows.items()
+    }
+    ranked = sorted(((k, c) for k, c in contrib.items() if c >= 0.05), key=lambda kc: -kc[1])
     for k, c in ranked[:3]:
-        if sign and c * sign <= 0:
-            break
         name = (
             f"task {k[5:]}"
             if k.startswith("task:")
@@ -283,4 +291,4 @@ def decide(
         )
         shown = f"{x[k]:.2g}" if x[k] != 1.0 else ""
         notes.append(f"{name}{' ' + shown if shown else ''} ({c:+.1f})")
-    return label, score, notes
+    return label, z[2] - z[0], notes
