@@ -43,6 +43,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _softmax import fit_softmax, matrix  # noqa: E402
+
 from tests.unit_tests.test_classify import (  # noqa: E402
     labelled_request,
     labelled_set,
@@ -102,20 +104,10 @@ class Fit:
 
     def predict(self, rows: Sequence[Row]) -> list[int]:
         """The predicted class per row; a row without any feature is `general` (as at run time)."""
-        z = _matrix(rows, self.col) @ self.w + self.b
+        z = matrix((f for f, _, _ in rows), self.col) @ self.w + self.b
         general = CLASSES.index("general")
         known = [any(k in self.col for k in f) for f, _, _ in rows]
         return [int(np.argmax(z[i])) if known[i] else general for i in range(len(rows))]
-
-
-def _matrix(rows: Sequence[Row], col: dict[str, int]) -> np.ndarray:
-    x = np.zeros((len(rows), len(col)))
-    for r, (f, _, _) in enumerate(rows):
-        for k, v in f.items():
-            i = col.get(k)
-            if i is not None:
-                x[r, i] = v
-    return x
 
 
 def _hand(keys: Sequence[str]) -> np.ndarray:
@@ -127,35 +119,11 @@ def _hand(keys: Sequence[str]) -> np.ndarray:
 
 
 def fit(rows: Sequence[Row], l2w: float, steps: int = 600, lr: float = 0.05) -> Fit:
-    """Adam on the penalised cross-entropy, over the vocabulary of `rows`."""
+    """The penalised fit over the vocabulary of `rows`, signals pulled to their hand weights."""
     keys = vocabulary(rows)
-    col = {k: i for i, k in enumerate(keys)}
-    x = _matrix(rows, col)
-    y = np.zeros((len(rows), len(CLASSES)))
-    y[np.arange(len(rows)), [c for _, c, _ in rows]] = 1.0
-    prior = SCALE * _hand(keys)
-    pen = np.array([[L2 if k in PRIOR else l2w] for k in keys])
-    w = prior.copy()
-    b = np.zeros(len(CLASSES))
-    mw, vw = np.zeros_like(w), np.zeros_like(w)
-    mb, vb = np.zeros_like(b), np.zeros_like(b)
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    n = len(rows)
-    for step in range(1, steps + 1):
-        z = x @ w + b
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        d = (p - y) / n
-        gw = x.T @ d + 2 * pen * (w - prior)
-        gb = d.sum(axis=0)
-        mw = b1 * mw + (1 - b1) * gw
-        vw = b2 * vw + (1 - b2) * gw**2
-        mb = b1 * mb + (1 - b1) * gb
-        vb = b2 * vb + (1 - b2) * gb**2
-        c1, c2 = 1 - b1**step, 1 - b2**step
-        w -= lr * (mw / c1) / (np.sqrt(vw / c2) + eps)
-        b -= lr * (mb / c1) / (np.sqrt(vb / c2) + eps)
+    x = matrix((f for f, _, _ in rows), {k: i for i, k in enumerate(keys)})
+    penalty = np.array([[L2 if k in PRIOR else l2w] for k in keys])
+    w, b = fit_softmax(x, (c for _, c, _ in rows), SCALE * _hand(keys), penalty, steps, lr)
     w[np.abs(w) < PRUNE] = 0.0
     return Fit(keys, w, b, l2w)
 
