@@ -381,8 +381,9 @@ def test_a_later_listing_clears_the_mark(make_rig: Callable[..., Rig]) -> None:
     assert rig.four_oh_fours() == {("org_1", A): 1}
 
 
-def _process(url: str, redis_url: str, data_dir: str, results: Any) -> None:
-    settings = YmeraSettings(
+def _process_settings(url: str, redis_url: str, data_dir: str, **extra: Any) -> YmeraSettings:
+    """The settings of one worker process of the fleet tests: both keys, one Redis."""
+    return YmeraSettings(
         api_keys=[K1, K2],
         base_url=url,
         redis_url=redis_url,
@@ -390,8 +391,12 @@ def _process(url: str, redis_url: str, data_dir: str, results: Any) -> None:
         max_wait=0.0,
         request_timeout=5.0,
         cache_enabled=False,
+        **extra,
     )
-    engine = Engine(settings).start()
+
+
+def _process(url: str, redis_url: str, data_dir: str, results: Any) -> None:
+    engine = Engine(_process_settings(url, redis_url, data_dir)).start()
     try:
         llm = ChatYmeraGroq(engine=engine, model=A, temperature=0)
         labels = [llm.invoke(f"q{i}").response_metadata["key_label"] for i in range(5)]
@@ -430,17 +435,7 @@ _CALLS = 5
 def _concurrent_process(
     url: str, redis_url: str, data_dir: str, catalog: str, barrier: Any, results: Any
 ) -> None:
-    settings = YmeraSettings(
-        api_keys=[K1, K2],
-        base_url=url,
-        redis_url=redis_url,
-        data_dir=data_dir,
-        catalog_path=catalog,
-        max_wait=0.0,
-        request_timeout=5.0,
-        cache_enabled=False,
-    )
-    engine = Engine(settings).start()
+    engine = Engine(_process_settings(url, redis_url, data_dir, catalog_path=catalog)).start()
     try:
         llm = ChatYmeraGroq(engine=engine, model=A, temperature=0)
 
