@@ -26,9 +26,7 @@ from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, Redis
 
 # A test must pass on a busy machine: no per-example deadline and no "generation too slow"
 # health check (both measure wall time). Tests' own `@settings` inherit this profile.
-settings.register_profile(
-    "busy", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("busy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("busy")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,10 +108,12 @@ def redis_sentinel() -> Iterator[RedisSentinelServer]:
 
 @pytest.fixture
 def redis_sentinel_url(redis_sentinel: RedisSentinelServer) -> str:
-    """The `redis+sentinel://` URL of the session's group, its current primary emptied."""
+    """The `redis+sentinel://` URL of the session's group, settled on one primary (a test
+    may have switched or stopped one), emptied."""
     for server in redis_sentinel.servers:
         if not server.running:
             server.start()
+    redis_sentinel.settle()
     redis_sentinel.flushall()
     return redis_sentinel.url
 

@@ -16,6 +16,7 @@ import redis
 
 from ymera_groq_plugin.errors import StorageError
 from ymera_groq_plugin.storage import store_from_url
+from ymera_groq_plugin.storage.base import _sentinel_classes, redis_client
 from ymera_groq_plugin.storage.learning_base import LearningStore
 from ymera_groq_plugin.storage.quota_base import Limits
 from ymera_groq_plugin.storage.redis_cache import RedisCacheStore
@@ -250,28 +251,31 @@ async def test_a_stopped_cluster_primary_fails_only_its_slots_as_storage_errors(
 async def test_a_sentinel_switch_is_an_outage_then_the_new_primary(
     redis_sentinel: RedisSentinelServer, redis_sentinel_url: str
 ) -> None:
-    quota = store_from_url("quota", redis_sentinel_url, namespace="switch")
+    # Every command asks the Sentinel which server is the primary (the default is every half
+    # second), so what each call sees does not depend on how long the switch took.
+    url = f"{redis_sentinel_url}?master_check=0"
+    quota = store_from_url("quota", url, namespace="switch")
     resilient = ResilientQuotaStore(
-        store_from_url("quota", redis_sentinel_url, namespace="switch"), clock=lambda: T0
+        store_from_url("quota", url, namespace="switch"), clock=lambda: T0
     )
     try:
         assert await reserve(resilient, "org_a", "before") == 0
         old = redis_sentinel.master_port()
         new = await asyncio.to_thread(redis_sentinel.failover)
         assert new != old
-        # The switch is seen at most as one failed call per client (its connection to the old
-        # primary, now a read-only replica, or the Sentinel's answer during the switch), mapped
-        # to StorageError; the next calls go to the new primary.
-        causes: list[BaseException | None] = []
-        for attempt in range(3):
-            try:
-                assert await reserve(quota, "org_a", f"direct-{attempt}") == 0
-                break
-            except StorageError as exc:
-                causes.append(exc.storage_error)
-        else:
-            pytest.fail("the store never reached the new primary")
-        assert all(isinstance(c, redis.RedisError) for c in causes)
+        # While the Sentinel's record may still name the old primary, a call either fails (no
+        # primary named: an outage, `StorageError`) or reaches the new primary; never the old.
+        failure: StorageError | None = None
+        try:
+            await reserve(quota, "org_a", "during")
+        except StorageError as exc:
+            failure = exc
+        assert failure is None or isinstance(failure.storage_error, redis.RedisError)
+        await asyncio.to_thread(redis_sentinel.wait_promoted, old)
+        # Once the switch is over, the next call goes to the new primary (its pooled
+        # connection to the old one, which may still take writes, is left).
+        assert await reserve(quota, "org_a", "direct") == 0
+        assert _hexists(new, "ymera:switch:quota:{org_a|m}:r", "direct")
         for n in range(3):  # never an error behind the resilient store
             assert await reserve(resilient, "org_a", f"after-{n}") == 0
         if resilient.degraded:
@@ -284,3 +288,65 @@ async def test_a_sentinel_switch_is_an_outage_then_the_new_primary(
     finally:
         await quota.aclose()
         await resilient.aclose()
+
+
+def _role(port: int) -> str:
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        return str(client.info("replication")["role"])
+    finally:
+        client.close()
+
+
+def _hexists(port: int, key: str, field: str) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        return bool(client.hexists(key, field))
+    finally:
+        client.close()
+
+
+def _get(port: int, key: str) -> bytes | None:
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        value = client.get(key)
+        return value if isinstance(value, bytes) else None
+    finally:
+        client.close()
+
+
+async def test_a_sentinel_client_leaves_an_old_primary_that_still_takes_writes(
+    redis_sentinel: RedisSentinelServer, redis_sentinel_url: str
+) -> None:
+    client = redis_client(redis_sentinel_url, master_check=0.0)
+    try:
+        await client.set("ymera:switch:before", b"1")  # leaves a pooled connection behind
+        old = redis_sentinel.master_port()
+        await asyncio.to_thread(redis_sentinel.failover)
+        new = await asyncio.to_thread(redis_sentinel.wait_promoted, old)
+        # The old primary takes writes until the Sentinel next looks at it (seconds later) and
+        # turns it into a replica, dropping them; the pooled connection must not go there.
+        old_still_primary = _role(old) == "master"
+        await client.set("ymera:switch:after", b"2")
+        assert _get(new, "ymera:switch:after") == b"2"
+        if old_still_primary:
+            assert _get(old, "ymera:switch:after") is None
+    finally:
+        await client.aclose()
+
+
+def test_a_sentinel_record_in_a_switch_names_no_primary() -> None:
+    # While the Sentinel switches, its record still names the old primary although the
+    # replica already takes writes as the new one: that window must read as an outage.
+    sentinel_class, _ = _sentinel_classes()
+    sentinel = sentinel_class([("127.0.0.1", 1)])
+    state: dict[str, Any] = {
+        "flags": "master",
+        "is_master": True,
+        "is_sdown": False,
+        "is_odown": False,
+        "num-other-sentinels": 0,
+    }
+    assert sentinel.check_master_state(state, "ymera")
+    state["flags"] = "master,failover_in_progress,force_failover"
+    assert not sentinel.check_master_state(state, "ymera")

@@ -11,6 +11,7 @@ Values are JSON everywhere (no pickle): nothing read from a store is ever execut
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -100,13 +101,21 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text)
 
 
-def redis_client(url: str, **kwargs: Any) -> Redis:
+def redis_client(url: str, *, master_check: float | None = None, **kwargs: Any) -> Redis:
     """A Redis client for a URL, with short timeouts so an outage fails fast.
 
     `redis://`, `rediss://` and `unix://` give a `redis.asyncio.Redis`; `redis+cluster://`
     (`rediss+cluster://`) a `redis.asyncio.cluster.RedisCluster` over the listed startup nodes;
     `redis+sentinel://` (`rediss+sentinel://`) the master of a Sentinel service, re-resolved
     after a failover (see `storage.redis_url` for the forms).
+
+    Args:
+        url: The Redis URL.
+        master_check: Sentinel only: how often (seconds, while commands flow) the client asks
+            the Sentinel which server is the primary, so pooled connections leave an old
+            primary that still accepts writes after a switch (0: before every command);
+            default: the URL's `master_check=`, else 0.5.
+        **kwargs: Further `redis-py` client options.
 
     Raises:
         ConfigurationError: The URL is malformed (named with its password masked), or the
@@ -147,15 +156,86 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
         # The stores use the commands both clients share (scripts, pipelines, scans, single
         # keys), so they are typed against `Redis`.
         return cast("Redis", cluster)
-    from redis.asyncio.sentinel import Sentinel
-
+    sentinel_class, pool_class = _sentinel_classes()
     sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
     sentinel_kwargs.update(dict(target.sentinel_auth))
-    sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_kwargs, **options)
+    sentinel = sentinel_class(target.nodes, sentinel_kwargs=sentinel_kwargs, **options)
     assert target.service is not None  # parse_redis_url requires it
-    client: Redis = sentinel.master_for(target.service, redis_class=_sentinel_redis_class())
+    client: Redis = sentinel.master_for(
+        target.service,
+        redis_class=_sentinel_redis_class(),
+        connection_pool_class=pool_class,
+        master_check=next(
+            c for c in (master_check, target.master_check, _MASTER_CHECK) if c is not None
+        ),
+    )
     client._ymera_sentinel = sentinel  # type: ignore[attr-defined]
     return client
+
+
+_MASTER_CHECK = 0.5
+_SENTINEL_CLASSES: tuple[type[Any], type[Any]] | None = None
+
+
+def _sentinel_classes() -> tuple[type[Any], type[Any]]:
+    """A Sentinel manager and a connection pool that never write to a primary being replaced.
+
+    Seen on redis-server 7 with one Sentinel (`SENTINEL FAILOVER`): for about a second the
+    Sentinel's record still names the old primary, flagged `failover_in_progress`, while the
+    replica already accepts writes as the new one; for about ten more seconds the old primary
+    still says it is a primary (until the Sentinel's next look at it turns it into a replica,
+    which drops what it took meanwhile). redis-py 8 trusts the record during the first window
+    and keeps pooled connections to the old primary through the second. So the first window
+    is an outage here (`MasterNotFoundError`, a `StorageError`: the resilient stores serve a
+    local share and reconcile, as for any outage) and the pool asks the Sentinel again every
+    `master_check` seconds while commands flow, leaving the old primary when the name changes.
+    """
+    global _SENTINEL_CLASSES
+    if _SENTINEL_CLASSES is not None:
+        return _SENTINEL_CLASSES
+    import time
+
+    from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+
+    class CheckedSentinel(Sentinel):
+        def check_master_state(self, state: dict[str, Any], service_name: str) -> bool:
+            flags = str(state.get("flags", "")).split(",")
+            if "failover_in_progress" in flags or "promoted" in flags:
+                return False
+            return bool(super().check_master_state(state, service_name))
+
+    class CheckedPool(SentinelConnectionPool):
+        def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+            self._check_every = float(kwargs.pop("master_check", _MASTER_CHECK))
+            self._next_check = -math.inf
+            super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            now = time.monotonic()
+            if self.is_master and now >= self._next_check:
+                self._next_check = now + self._check_every
+                try:
+                    address = await self.sentinel_manager.discover_master(self.service_name)
+                except MasterNotFoundError:
+                    # Ask again on every command until a primary is named, and use none of
+                    # the connections made before.
+                    self._next_check = -math.inf
+                    self.master_address = None
+                    await self._leave_primary()
+                    raise
+                if address != self.master_address:
+                    self.master_address = address
+                    await self._leave_primary()
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        async def _leave_primary(self) -> None:
+            # Connections in use finish their command and are closed when given back.
+            for connection in list(self._in_use_connections):
+                connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
+            await self.disconnect(inuse_connections=False)
+
+    _SENTINEL_CLASSES = (CheckedSentinel, CheckedPool)
+    return _SENTINEL_CLASSES
 
 
 _SENTINEL_REDIS: type[Redis] | None = None

@@ -12,7 +12,9 @@ rediss+sentinel://…                                               the master o
 
 Query options are redis-py's (`socket_timeout`, `ssl_cert_reqs`, …) and apply to the data
 connections. Sentinels themselves are reached without the URL's credentials unless
-`sentinel_password=` (and `sentinel_username=`) is given in the query. A cluster has only
+`sentinel_password=` (and `sentinel_username=`) is given in the query. `master_check=`
+(Sentinel only, seconds, default 0.5) is how often, while commands flow, the client asks the
+Sentinel which server is the primary (see `storage.base.redis_client`). A cluster has only
 database 0. A bad URL raises `ConfigurationError` naming the URL with its password masked.
 
 `redis_client` (in `storage.base`) builds the client from a parsed URL: `redis.asyncio.Redis`,
@@ -82,6 +84,7 @@ class RedisTarget:
         password: The password for the data connections, if any.
         query: The URL's query options (redis-py's names), sentinel options removed.
         sentinel_auth: `sentinel_username` / `sentinel_password` from the query.
+        master_check: `master_check` from the query (Sentinel only), if given.
     """
 
     topology: Topology
@@ -94,6 +97,7 @@ class RedisTarget:
     password: str | None = None
     query: tuple[tuple[str, str], ...] = ()
     sentinel_auth: tuple[tuple[str, str], ...] = ()
+    master_check: float | None = None
 
     @property
     def masked(self) -> str:
@@ -183,8 +187,18 @@ def parse_redis_url(url: str) -> RedisTarget:
     query: list[tuple[str, str]] = []
     sentinel_auth: list[tuple[str, str]] = []
     db_option: str | None = None
+    master_check: float | None = None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _SENTINEL_OPTIONS:
+        if name == "master_check":
+            if topology != "sentinel":
+                raise _bad(url, "master_check applies to redis+sentinel:// URLs only")
+            try:
+                master_check = float(value)
+            except ValueError:
+                master_check = -1.0
+            if not 0 <= master_check < float("inf"):
+                raise _bad(url, f"master_check={value!r} is not a number of seconds >= 0")
+        elif name in _SENTINEL_OPTIONS:
             sentinel_auth.append((name[len("sentinel_") :], value))
         elif name == "db":
             db_option = value
@@ -216,6 +230,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         password=password,
         query=tuple(query),
         sentinel_auth=tuple(sentinel_auth),
+        master_check=master_check,
     )
 
 

@@ -375,6 +375,8 @@ class RedisSentinelServer(_StartsOnEnter):
         return self
 
     def _ready(self) -> bool:
+        if not self._record_clean():
+            return False
         port = self.master_port()
         if _info(_call(port, "INFO", "replication")).get("role") != "master":
             return False
@@ -388,6 +390,35 @@ class RedisSentinelServer(_StartsOnEnter):
             if info.get("master_link_status") != "up" or info.get("master_port") != str(port):
                 return False
         return True
+
+    def _record(self) -> dict[str, str]:
+        """The Sentinel's record of the service (`SENTINEL MASTER`)."""
+        raw = _call(self.sentinel.port, "SENTINEL", "MASTER", self.service)
+        if isinstance(raw, dict):
+            return {_text(k): _text(v) for k, v in raw.items()}
+        items = [_text(v) for v in raw]
+        return dict(zip(items[::2], items[1::2], strict=False))
+
+    def _record_clean(self) -> bool:
+        record = self._record()
+        return record.get("flags") == "master" and record.get("port") == str(self.master_port())
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """One primary that the Sentinel and every running server agree on, ready for a test.
+
+        After a switch, or a restart of a server started as the primary, a server can still
+        call itself a primary for about ten seconds, until the Sentinel's next look at it; a
+        client that reaches it then writes where nobody reads. Here it is turned into the
+        named primary's replica at once, as the Sentinel would, and the group is waited for.
+        """
+        _wait(_quiet(self._record_clean), "the Sentinel to finish a switch", timeout)
+        port = self.master_port()
+        for server in self.servers:
+            if server.port == port or not server.running:
+                continue
+            if _info(_call(server.port, "INFO", "replication")).get("role") == "master":
+                _call(server.port, "REPLICAOF", "127.0.0.1", str(port))
+        self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the Sentinel names a primary that says so, whose replica is linked and
@@ -432,13 +463,7 @@ class RedisSentinelServer(_StartsOnEnter):
             return False
         if _info(_call(port, "INFO", "replication")).get("role") != "master":
             return False
-        raw = _call(self.sentinel.port, "SENTINEL", "MASTER", self.service)
-        if isinstance(raw, dict):
-            record = {_text(k): _text(v) for k, v in raw.items()}
-        else:
-            items = [_text(v) for v in raw]
-            record = dict(zip(items[::2], items[1::2], strict=False))
-        return record.get("flags") == "master"
+        return self._record().get("flags") == "master"
 
     def wait_promoted(self, old_port: int, timeout: float = 60.0) -> int:
         """Wait until `settled(old_port)`; returns the new primary's port."""
