@@ -44,6 +44,8 @@ def test_sentinel_names_service_and_database() -> None:
     assert (t.service, t.db, t.password) == ("mymaster", 3, "pw")
     assert t.query == (("socket_timeout", "2"),)
     assert t.sentinel_auth == (("password", "sp"),)
+    assert t.master_check is None
+    assert parse_redis_url("redis+sentinel://s1/m?master_check=0.25").master_check == 0.25
     options = client_options(t)
     assert options["socket_timeout"] == 2.0 and options["db"] == 3 and options["password"] == "pw"
     assert "host" not in options and "port" not in options
@@ -63,6 +65,11 @@ def test_sentinel_names_service_and_database() -> None:
         ("redis+sentinel://:hunter22@s/svc/1/extra", "unexpected path"),
         ("memcached://:hunter22@h", "expected redis://"),
         ("redis://:hunter22@", "no host"),
+        ("redis+sentinel://:hunter22@s/svc?master_check=soon", "not a number of seconds"),
+        ("redis+sentinel://:hunter22@s/svc?master_check=-1", "not a number of seconds"),
+        ("redis+sentinel://:hunter22@s/svc?master_check=inf", "not a number of seconds"),
+        ("redis+cluster://:hunter22@h:1?master_check=1", "redis+sentinel:// URLs only"),
+        ("redis://:hunter22@h:1/0?master_check=1", "redis+sentinel:// URLs only"),
     ],
 )
 def test_bad_urls_raise_configuration_error_with_the_password_masked(url: str, why: str) -> None:

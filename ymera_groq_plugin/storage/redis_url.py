@@ -174,6 +174,8 @@ def parse_redis_url(url: str) -> RedisTarget:
             _node(url, hosts, 6379)
         elif not parts.path:
             raise _bad(url, "no socket path")
+        if any(name == "master_check" for name, _ in parse_qsl(parts.query)):
+            raise _bad(url, "master_check applies to redis+sentinel:// URLs only")
         return RedisTarget(topology, url, tls=tls)
     from urllib.parse import unquote
 
