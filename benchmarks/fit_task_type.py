@@ -18,9 +18,9 @@ one writer of `writers.json`) are predicted by weights fitted on everybody else'
 what a new user's prompts are to the model. Fitting uses numpy (a test extra); the package
 scores in pure Python.
 
-The prompts: `calibration`, `holdout4`, `holdout5`, `holdout6` and `holdout7` (each measured
-once when it was new, then tuned on), `writers` (six writers, written for training) and the
-older `tasks.json`. `holdout8` is never read here.
+The prompts: `calibration`, `holdout4`, `holdout5`, `holdout6`, `holdout7` and `holdout9`
+(each measured once when it was new, then tuned on), `writers` (six writers, written for
+training) and the older `tasks.json`. `holdout8` and `holdout10` are never read here.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ FITTED_ON = (
     "holdout5",
     "holdout6",
     "holdout7",
+    "holdout9",
     "writers",
     "tasks",
 )
@@ -208,7 +209,7 @@ def main() -> None:
             f"on {' + '.join(FITTED_ON)} ({len(rows)} prompts by {len(writers)} writers, all "
             f"tuning splits), L2 towards the hand weights × {SCALE:g} (l2 {L2:g}) and towards 0 "
             f"for word stems (l2w {l2w:g}, chosen by leave-one-writer-out: {lowo:.1%}). Never "
-            "fitted on holdout8."
+            "fitted on holdout8 or holdout10."
         ),
         "classes": list(CLASSES),
         "prior_scale": SCALE,

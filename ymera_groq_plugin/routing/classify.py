@@ -669,6 +669,7 @@ _STRUCTURAL: dict[str, tuple[str, float]] = {
     "long-context size": ("long_context", 10.0),
     "half long-context size": ("long_context", 2.5),
     "long pasted material": ("long_context", 2.0),
+    "long text": ("long_context", 2.0),
     "content to judge": ("moderation", 2.0),
 }
 
@@ -819,11 +820,21 @@ def _task_scores(
     elif tokens >= policy.long_context_tokens // 2:
         _add(feats, why, "half long-context size", f"prompt ~{tokens} tokens")
 
-    if code_lines >= 120 and tokens < policy.long_context_tokens // 2:
-        _add(feats, why, "long pasted material", f"long pasted material ({code_lines} lines)")
+    if tokens < policy.long_context_tokens // 2:
+        if code_lines >= 120:
+            _add(feats, why, "long pasted material", f"long pasted material ({code_lines} lines)")
+        # Pages of prose handed over (a contract, a transcript, a chapter): the real size of
+        # the material, not a word that claims it. Far below the context window, but work
+        # over it is reading before anything else.
+        if len(words) >= _LONG_TEXT_WORDS:
+            _add(feats, why, "long text", f"long text ({len(words)} words)")
 
     items = len(_LIST_ITEM.findall(user)) if "\n" in user else 0
     return feats, why, code_lines, items, cues
+
+
+_LONG_TEXT_WORDS = 600
+"""Words (system and user) from which a prompt carries pages of material (about 800 tokens)."""
 
 
 def _instruction(prose: str) -> str:
