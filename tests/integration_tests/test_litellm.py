@@ -23,6 +23,7 @@ from ymera_groq_plugin.catalog import load_catalog
 from ymera_groq_plugin.config import YmeraSettings
 from ymera_groq_plugin.engine import Engine
 from ymera_groq_plugin.errors import StorageError
+from ymera_groq_plugin.testing import FakeClock
 from ymera_groq_plugin.testing.server import GroqTestServer
 from ymera_groq_plugin.types import ChatRequest
 
@@ -327,7 +328,13 @@ async def test_no_room_hands_over_to_the_routers_own_fallbacks(setup: Any, strat
         {**keys, BACKUP_KEY: "org_backup"}, {M: {**LIMITS, "rpm": 2}, BIG: LIMITS}
     )
     settings = settings_for(server, settings.data_dir, keys, max_wait=0)
-    engine = Engine(settings, catalog=engine.catalog)
+    # The second request fills RPM exactly, and the ledger counts an exact fit on a level
+    # charged less than `quota.MARGIN` ago as a tie (no room, for a millisecond). The first
+    # request settles off the caller's path, so on the wall clock the second pick could land
+    # in that millisecond: the quota's clock moves only between a settled answer and the
+    # next request.
+    clock = FakeClock()
+    engine = Engine(settings, catalog=engine.catalog, clock=clock)
     model_list = model_list_from_settings(settings, models=[M], routed_groups=())
     # The fallback is another provider: LiteLLM's OpenAI client, another organisation.
     model_list.append(
@@ -344,12 +351,12 @@ async def test_no_room_hands_over_to_the_routers_own_fallbacks(setup: Any, strat
     try:
         router = Router(model_list=model_list, num_retries=2, fallbacks=[{M: ["backup"]}])
         ymera = hook(setup, router, engine, strategy=strategy)
-        served_by = [
-            (await router.acompletion(model=M, messages=ask(n), max_tokens=16))._hidden_params[
-                "model_id"
-            ]
-            for n in range(5)
-        ]
+        served_by = []
+        for n in range(5):
+            answer = await router.acompletion(model=M, messages=ask(n), max_tokens=16)
+            served_by.append(answer._hidden_params["model_id"])
+            await ymera.aflush()
+            clock.advance(0.01)  # 1/3000 of a request drains: far from room for a third
         assert served_by == [f"{M}@key1"] * 2 + ["backup@openai"] * 3
         stats = server.stats()
         assert stats.by_status == {200: 5} and stats.rate_limited == {}
