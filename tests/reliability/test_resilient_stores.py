@@ -33,9 +33,11 @@ D = (30, 1000, 6000, 200_000)
 """Catalog limits of the pair under test: RPM, RPD, TPM, TPD."""
 
 
-def _quota(url: str, clock: FakeClock, **kw: object) -> ResilientQuotaStore:
+def _quota(
+    url: str, clock: FakeClock, namespace: str = "rs", **kw: object
+) -> ResilientQuotaStore:
     return ResilientQuotaStore(
-        RedisQuotaStore.from_url(url, namespace="rs"), clock=clock, **kw  # type: ignore[arg-type]
+        RedisQuotaStore.from_url(url, namespace=namespace), clock=clock, **kw  # type: ignore[arg-type]
     )
 
 
@@ -74,7 +76,9 @@ async def test_each_worker_takes_its_share_while_redis_is_away(own_redis: RedisS
     url = own_redis.url
     a, b = _quota(url, clock), _quota(url, clock)
     try:
+        # b joined after a's first heartbeat: its next one says that a counts it.
         assert await a.beat() == 1 and await b.beat() == 2 and await a.beat() == 2
+        assert await b.beat() == 2 and a.counted and b.counted
         # Ten requests in flight (reserved, not settled) before the outage.
         assert await _grant_all(a, clock, "pre") == 30  # RPM binds at 30
         for i in range(20):
@@ -106,10 +110,13 @@ async def test_a_request_larger_than_a_share_waits_for_it_then_runs_in_debt(
     own_redis: RedisServer,
 ) -> None:
     clock = FakeClock(T0)
-    store = _quota(own_redis.url, clock, assumed_workers=4)
+    store, *others = (_quota(own_redis.url, clock, namespace="rs-debt") for _ in range(4))
     try:
+        for worker in (store, *others, store):
+            await worker.beat()
+        assert store.workers == 4 and store.counted
         own_redis.stop()
-        # 4 workers assumed (Redis went away before any heartbeat): a share of 1350 TPM.
+        # 4 workers counting each other: a share of 1350 TPM.
         wait, state = await store.reserve("org", "m", reservation_id="big", requests=1,
                                           tokens=5000, defaults=D, now=clock(), ttl=600)
         assert wait == 0 and store.share == pytest.approx(0.9 / 4)
@@ -123,7 +130,45 @@ async def test_a_request_larger_than_a_share_waits_for_it_then_runs_in_debt(
         assert wait == pytest.approx((5000 + 10 - 1350) / 22.5, rel=0.01)
     finally:
         own_redis.start()
-        await store.aclose()
+        for worker in (store, *others):
+            await worker.aclose()
+
+
+async def test_a_worker_the_others_do_not_count_yet_keeps_to_the_headroom(
+    own_redis: RedisServer,
+) -> None:
+    """b joins after a's last heartbeat: a counts itself alone and takes 0.9 of the budget
+    when Redis goes, so b lives on what that leaves, and together they stay within it. Once
+    a has beaten again (and b has heard so), both take 0.45."""
+    clock = FakeClock(T0)
+    a, b = (_quota(own_redis.url, clock, namespace="rs-join") for _ in range(2))
+    late = _quota(own_redis.url, clock, namespace="rs-join")
+    try:
+        assert await a.beat() == 1 and a.counted
+        assert await b.beat() == 2 and not b.counted
+        own_redis.stop()
+        got_a = await _grant_all(a, clock, "a")
+        got_b = await _grant_all(b, clock, "b")
+        # And one whose first heartbeat never answered: nobody counts it either.
+        got_late = await _grant_all(late, clock, "late")
+        assert a.share == pytest.approx(0.9)
+        assert b.share == pytest.approx(0.1 / 2) and late.share == pytest.approx(0.1 / 2)
+        assert (got_a, got_b, got_late) == (27, 1, 1)
+        assert got_a + got_b <= 30
+        own_redis.start()
+        assert await a.recover() and await b.recover()
+        clock.advance(1)
+        # a's heartbeat now counts b; b hears at its next one that everyone counts it.
+        assert await a.beat() == 2 and a.counted
+        assert await b.beat() == 2 and b.counted
+        own_redis.stop()
+        await a.get("org", "m", defaults=D, now=clock())
+        await b.get("org", "m", defaults=D, now=clock())
+        assert a.share == pytest.approx(0.45) and b.share == pytest.approx(0.45)
+    finally:
+        own_redis.start()
+        for worker in (a, b, late):
+            await worker.aclose()
 
 
 async def test_redis_back_empty_gets_the_ledger_back(own_redis: RedisServer) -> None:
@@ -295,7 +340,9 @@ async def test_outage_requests_stay_in_the_day_count_after_a_restart_with_data(
     try:
         client.flushall()
         client.set("kept", "yes")
+        # b joined after a's first heartbeat: its next one says that a counts it.
         assert await a.beat() == 1 and await b.beat() == 2 and await a.beat() == 2
+        assert await b.beat() == 2 and a.counted and b.counted
         for i in range(3):
             await one(a, f"pre{i}")
         # In flight when Redis goes: reserved in Redis, answered (and counted) meanwhile; its

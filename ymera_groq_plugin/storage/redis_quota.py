@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .base import KEY_PREFIX, astorage_errors, lua_script, redis_client
 from .quota_base import (
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisKeyStateStore", "RedisQuotaStore", "fast_failing_client"]
+__all__ = ["Heartbeat", "RedisKeyStateStore", "RedisQuotaStore", "fast_failing_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,19 @@ STATE_TTL_MS = 2 * 86400 * 1000
 """Idle bucket state (and learned limits) is kept this long: a day window plus margin."""
 KEY_RECORD_TTL_MS = 7 * 86400 * 1000
 """Key records (disabled, merges) are kept this long after their last change."""
+
+
+class Heartbeat(NamedTuple):
+    """What a worker's heartbeat found (`RedisQuotaStore.heartbeat`)."""
+
+    workers: int
+    """Live workers, this one included."""
+    joined: float
+    """When this worker joined the live set (the score of its first heartbeat since it was
+    last absent; scores only grow, so they order heartbeats whatever the clocks say)."""
+    unaware: int
+    """Other live workers whose last heartbeat came before this worker joined: they do not
+    count it yet."""
 
 
 def _wrong_type(reply: object) -> bool:
@@ -151,15 +164,30 @@ class RedisQuotaStore:
         """Build from a Redis URL: one server, `redis+cluster://` or `redis+sentinel://`."""
         return cls(fast_failing_client(url, **kwargs), namespace=namespace)
 
-    async def heartbeat(self, worker: str, *, now: float, window: float) -> int:
-        """Note that `worker` is alive; return how many workers were seen within `window`
-        seconds (this one included). One round trip."""
+    async def heartbeat(
+        self, worker: str, *, now: float, window: float, joined: float | None = None
+    ) -> Heartbeat:
+        """Note that `worker` is alive: how many workers were seen within `window` seconds
+        (this one included), and how many of them may not count it yet. One round trip.
+
+        Args:
+            worker: This worker's id.
+            now: Its clock.
+            window: A heartbeat counts this long.
+            joined: When this worker joined, as the last heartbeat answered; `None` before.
+        """
         async with astorage_errors("redis", "quota heartbeat"):
-            n = await self._heartbeat(
+            n, since, unaware = await self._heartbeat(
                 keys=[self._workers],
-                args=[worker, repr(float(now)), repr(float(window)), STATE_TTL_MS],
+                args=[
+                    worker,
+                    repr(float(now)),
+                    repr(float(window)),
+                    STATE_TTL_MS,
+                    "" if joined is None else repr(float(joined)),
+                ],
             )
-        return max(1, int(n))
+        return Heartbeat(max(1, int(n)), float(since), int(unaware))
 
     def _keys(self, org: str, model: str) -> list[str]:
         base = f"{self._prefix}{{{_tag(org)}|{_tag(model)}}}:"

@@ -4,7 +4,12 @@ While Redis is up, every process records a heartbeat in it
 (`RedisQuotaStore.heartbeat`), so each knows how many workers share the budgets. When it goes
 away, each process falls back to a conservative *share* of every (organisation, model) budget:
 `safety / workers` of the limits, seeded from the last state Redis reported (consumed plus
-reserved, drained forward), refilling at the same share of Groq's rate. So together the
+reserved, drained forward), refilling at the same share of Groq's rate. A count is only as
+fresh as the last heartbeat, though: a worker that joined after another's last heartbeat (or
+whose own first heartbeat had not answered yet) is missing from that other's count, which then
+takes too large a share. Such a worker, not yet counted by everyone, keeps to the headroom the
+counted shares leave: `(1 - safety) / (n (n - 1))` for the `n` workers it sees, so that however
+many join at once, their shares add up to less than `1 - safety`. So together the
 workers never take more than the budget, and Groq's headers (remaining requests and tokens,
 429 texts) keep correcting each share from what Groq itself counts. A request larger than a
 whole share is not refused: it waits until the share is empty and then puts it in debt, which
@@ -139,9 +144,10 @@ class ResilientQuotaStore(FallbackStore):
         heartbeat_interval: Seconds between heartbeats while the primary is up.
         worker_window: A worker counts as alive this long after its last heartbeat.
         assumed_workers: Workers to assume if the primary went away before any heartbeat
-            answered.
+            answered (the others then do not count this one: it takes a newcomer's share
+            unless this is 1).
         safety: The share of `1 / workers` actually used (headroom for views that were a
-            little stale when Redis went away).
+            little stale when Redis went away, and for workers not counted by everyone yet).
         retry_after: Seconds before the first retry of the primary (doubling per failure).
         max_retry_after: Cap of the doubling.
         max_replays: Bound on settles kept for replay (the oldest go first, counted).
@@ -191,6 +197,8 @@ class ResilientQuotaStore(FallbackStore):
         self.safety = safety
         self.workers: int | None = None
         """Workers seen by the last heartbeat (`None` before one answered)."""
+        self._joined: float | None = None
+        self._unaware: int | None = None
         self._last_beat = -math.inf
         self._recounting_until = -math.inf
         self._beating = False
@@ -247,17 +255,34 @@ class ResilientQuotaStore(FallbackStore):
 
     # -- the primary's calls -----------------------------------------------------------------
 
+    @property
+    def counted(self) -> bool:
+        """Whether every other live worker counted this one at its last heartbeat (so their
+        shares leave room for this one's)."""
+        if self._unaware is None:
+            return self.assumed_workers == 1
+        return self._unaware == 0
+
     def _fell_back(self) -> None:
         """The breaker just opened: from now on, this process keeps to its share."""
         workers = self.workers or self.assumed_workers
-        self._share = self.safety / workers
+        headroom = 1.0 - self.safety
+        if self.counted or headroom <= 0:
+            self._share = self.safety / workers
+        else:
+            # The others' shares may add up to `safety` without this worker: it lives on
+            # the headroom, split so that any number of such newcomers (each seeing one
+            # worker more than the one before it) stays within it.
+            n = max(2, workers)
+            self._share = headroom / (n * (n - 1))
         self._episode += 1
         self._seeded.clear()
         self._grace_until = -math.inf
         logger.warning(
-            "Quota falls back to %.0f%% of each budget (%d workers seen) until Redis is back",
+            "Quota falls back to %.1f%% of each budget (%d workers seen%s) until Redis is back",
             self._share * 100,
             workers,
+            "" if self.counted else ", not all of them counting this one yet",
         )
 
     def _remember(self, org: str, model: str, state: QuotaState, defaults: Limits) -> None:
@@ -265,7 +290,10 @@ class ResilientQuotaStore(FallbackStore):
         self._defaults[(org, model)] = defaults
 
     def _after_primary(self, now: float) -> None:
-        if not self._beating and now - self._last_beat >= self.heartbeat_interval:
+        # Not counted by everyone yet, this worker would fall back to a newcomer's sliver:
+        # it beats more often to hear as soon as the others' heartbeats have counted it.
+        interval = self.heartbeat_interval if self.counted else self.heartbeat_interval / 10
+        if not self._beating and now - self._last_beat >= interval:
             self._beating = True
             self._last_beat = now
             self._fb.spawn(self._beat(now))
@@ -288,8 +316,13 @@ class ResilientQuotaStore(FallbackStore):
         heartbeat = getattr(self.primary, "heartbeat", None)
         if heartbeat is None:
             self.workers = 1
+            self._unaware = 0
             return 1
-        seen = int(await heartbeat(self.worker_id, now=now, window=self.worker_window))
+        beat = await heartbeat(
+            self.worker_id, now=now, window=self.worker_window, joined=self._joined
+        )
+        self._joined, self._unaware = beat.joined, beat.unaware
+        seen = beat.workers
         if self.workers is not None and seen < self.workers and now < self._recounting_until:
             # A Redis restarted without its data lost every worker's heartbeat: the others
             # are counted again only as each beats, within one window. Believing the lower
