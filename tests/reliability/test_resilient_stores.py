@@ -366,11 +366,8 @@ async def test_outage_requests_stay_in_the_day_count_after_a_restart_with_data(
         assert client.get("kept") == b"yes"  # Redis came back with its data
         # a first: its count includes b's settle that b replays after it (which must not
         # charge that request again).
-        print("DBG0", await checker.get("org", "m", defaults=D, now=clock()), groq)
         assert await a.recover()
-        print("DBG1", await checker.get("org", "m", defaults=D, now=clock()))
         assert await b.recover()
-        print("DBG2", await checker.get("org", "m", defaults=D, now=clock()))
         assert b.stats["replayed"] == 1
         state = await checker.get("org", "m", defaults=D, now=clock())
         drained = 1000 / 86400 * 7  # at most seven seconds of the day window's drain
