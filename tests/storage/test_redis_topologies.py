@@ -22,7 +22,12 @@ from ymera_groq_plugin.storage.quota_base import Limits
 from ymera_groq_plugin.storage.redis_cache import RedisCacheStore
 from ymera_groq_plugin.storage.resilient import ResilientQuotaStore
 from ymera_groq_plugin.testing import FakeClock
-from ymera_groq_plugin.testing.redis_topologies import RedisClusterServer, RedisSentinelServer
+from ymera_groq_plugin.testing.redis_topologies import (
+    RedisClusterServer,
+    RedisSentinelServer,
+    _call,
+    _role,
+)
 from ymera_groq_plugin.types import Execution
 
 pytestmark = pytest.mark.redis
@@ -275,7 +280,7 @@ async def test_a_sentinel_switch_is_an_outage_then_the_new_primary(
         # Once the switch is over, the next call goes to the new primary (its pooled
         # connection to the old one, which may still take writes, is left).
         assert await reserve(quota, "org_a", "direct") == 0
-        assert _hexists(new, "ymera:switch:quota:{org_a|m}:r", "direct")
+        assert _call(new, "HEXISTS", "ymera:switch:quota:{org_a|m}:r", "direct")
         for n in range(3):  # never an error behind the resilient store
             assert await reserve(resilient, "org_a", f"after-{n}") == 0
         if resilient.degraded:
@@ -288,31 +293,6 @@ async def test_a_sentinel_switch_is_an_outage_then_the_new_primary(
     finally:
         await quota.aclose()
         await resilient.aclose()
-
-
-def _role(port: int) -> str:
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        return str(client.info("replication")["role"])
-    finally:
-        client.close()
-
-
-def _hexists(port: int, key: str, field: str) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        return bool(client.hexists(key, field))
-    finally:
-        client.close()
-
-
-def _get(port: int, key: str) -> bytes | None:
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        value = client.get(key)
-        return value if isinstance(value, bytes) else None
-    finally:
-        client.close()
 
 
 async def test_a_sentinel_client_leaves_an_old_primary_that_still_takes_writes(
@@ -328,9 +308,9 @@ async def test_a_sentinel_client_leaves_an_old_primary_that_still_takes_writes(
         # turns it into a replica, dropping them; the pooled connection must not go there.
         old_still_primary = _role(old) == "master"
         await client.set("ymera:switch:after", b"2")
-        assert _get(new, "ymera:switch:after") == b"2"
+        assert _call(new, "GET", "ymera:switch:after") == b"2"
         if old_still_primary:
-            assert _get(old, "ymera:switch:after") is None
+            assert _call(old, "GET", "ymera:switch:after") is None
     finally:
         await client.aclose()
 

@@ -94,6 +94,11 @@ def _info(raw: Any) -> dict[str, str]:
     return out
 
 
+def _role(port: int) -> str | None:
+    """What the server on `port` says it is (`master`, `slave`)."""
+    return _info(_call(port, "INFO", "replication")).get("role")
+
+
 class RedisClusterServer(_StartsOnEnter):
     """A Redis Cluster on loopback: `primaries` primaries and `replicas` replicas of each.
 
@@ -378,7 +383,7 @@ class RedisSentinelServer(_StartsOnEnter):
         if not self._record_clean():
             return False
         port = self.master_port()
-        if _info(_call(port, "INFO", "replication")).get("role") != "master":
+        if _role(port) != "master":
             return False
         replicas = _call(self.sentinel.port, "SENTINEL", "replicas", self.service)
         if not replicas:
@@ -416,7 +421,7 @@ class RedisSentinelServer(_StartsOnEnter):
         for server in self.servers:
             if server.port == port or not server.running:
                 continue
-            if _info(_call(server.port, "INFO", "replication")).get("role") == "master":
+            if _role(server.port) == "master":
                 _call(server.port, "REPLICAOF", "127.0.0.1", str(port))
         self.wait_ready(timeout)
 
@@ -446,7 +451,7 @@ class RedisSentinelServer(_StartsOnEnter):
 
         def switched() -> bool:
             port = self.master_port()
-            role = _info(_call(port, "INFO", "replication")).get("role")
+            role = _role(port)
             return port != before and role == "master"
 
         _wait(_quiet(switched), "the Sentinel to switch", timeout)
@@ -461,7 +466,7 @@ class RedisSentinelServer(_StartsOnEnter):
         port = self.master_port()
         if port == old_port:
             return False
-        if _info(_call(port, "INFO", "replication")).get("role") != "master":
+        if _role(port) != "master":
             return False
         return self._record().get("flags") == "master"
 
