@@ -265,6 +265,10 @@ async def test_a_sentinel_switch_is_an_outage_then_the_new_primary(
     )
     try:
         assert await reserve(resilient, "org_a", "before") == 0
+        # A worker running before the switch has been counted: without an answered heartbeat
+        # it could not know it is alone and would fall back to a newcomer's sliver (the one
+        # its first call spawned may meet the switch itself).
+        assert await resilient.beat() == 1 and resilient.counted
         old = redis_sentinel.master_port()
         new = await asyncio.to_thread(redis_sentinel.failover)
         assert new != old
