@@ -9,8 +9,9 @@ test_classify.py` for what each split means), then for the labelled sets of issu
 with the share of complex prompts recognised: `calibration`, `holdout4`, `holdout5`,
 `holdout6`, `holdout7` (each measured once when it was new, then tuned on) and `writers`
 (written for training) are all tuned on; then the task type accuracy of each writer left out
-of the fit, as `fit_task_type.py` measured it; then `holdout8` when `tests/data/holdout8.json`
-exists: written by two more independent writers, never tuned on, its misses never listed.
+of the fit, as `fit_task_type.py` measured it; then `holdout8`, `holdout10` and `holdout11`
+when their files exist: each written by two more independent writers, never tuned on, their
+misses never listed (`holdout9` was measured once, then tuned on).
 `--misses` lists the task type misses of every tuned-on split. Cost is wall time per call,
 median of repeated runs, for a typical one-line prompt, for the labelled prompts without
 attachments, and for one long-context prompt (where token counting dominates).

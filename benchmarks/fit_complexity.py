@@ -11,12 +11,12 @@ feature when at least two prompts use it. The penalties are chosen by leave-one-
 each writer's prompts are predicted by weights fitted on everybody else's, which is what a new
 user's prompts are to the model.
 
-The prompts: `calibration`, `holdout4`, `holdout5`, `holdout6` and `holdout7` (each measured
-once when it was new, then tuned on) and `writers` (six writers, written for training);
-`holdout8` is never read here. The older `tasks.json` is left out: its complexity labels were
-written by another hand (see `test_classify.py`). The features use the task type the
-classifier predicts, as at run time. Fitting uses numpy (a test extra); the package scores in
-pure Python.
+The prompts: `calibration`, `holdout4`, `holdout5`, `holdout6`, `holdout7` and `holdout9` (each
+measured once when it was new, then tuned on) and `writers` (twelve writers, written for training);
+`holdout8`, `holdout10` and `holdout11` are never read here. The older `tasks.json` is left out: its
+complexity labels were written by another hand (see `test_classify.py`). The features use the task
+type the classifier predicts, as at run time. Fitting uses numpy and scipy (test extras); the
+package scores in pure Python.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ymera_groq_plugin.routing.classify import WORD_PREFIX, complexity_features 
 from ymera_groq_plugin.routing.complexity import Weights, decide  # noqa: E402
 
 OUT = ROOT / "ymera_groq_plugin" / "data" / "complexity.json"
-FITTED_ON = ("calibration", "holdout4", "holdout5", "holdout6", "holdout7", "writers")
+FITTED_ON = ("calibration", "holdout4", "holdout5", "holdout6", "holdout7", "holdout9", "writers")
 CLASSES = ("simple", "moderate", "complex")
 MIN_DF = 2
 L2 = 0.001
@@ -143,8 +143,8 @@ def main() -> None:
             f"benchmarks/fit_complexity.py on {' + '.join(FITTED_ON)} ({len(rows)} prompts by "
             f"{len(writers)} writers, all tuning splits; l2 {L2:g}, l2w {l2w:g} chosen by "
             f"leave-one-writer-out: {lowo:.1%}, complex recognised {recall:.0%}). Never fitted "
-            "on holdout8. The instruction-length feature is centred on 15 words "
-            "(log2(1 + words) - 4)."
+            "on holdout8, holdout10 or holdout11. The instruction-length feature is centred on "
+            "15 words (log2(1 + words) - 4)."
         ),
         "leave_one_writer_out": {g: round(a, 4) for g, a in per.items()},
         "classes": list(CLASSES),

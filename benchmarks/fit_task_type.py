@@ -15,12 +15,13 @@ weight. A stem is a feature when at least two prompts use it.
 
 The penalties are chosen by leave-one-writer-out: each writer's prompts (a labelled file, or
 one writer of `writers.json`) are predicted by weights fitted on everybody else's, which is
-what a new user's prompts are to the model. Fitting uses numpy (a test extra); the package
-scores in pure Python.
+what a new user's prompts are to the model. Fitting uses numpy and scipy (test extras); the
+package scores in pure Python.
 
 The prompts: `calibration`, `holdout4`, `holdout5`, `holdout6`, `holdout7` and `holdout9`
-(each measured once when it was new, then tuned on), `writers` (six writers, written for
-training) and the older `tasks.json`. `holdout8` and `holdout10` are never read here.
+(each measured once when it was new, then tuned on), `writers` (twelve writers, written for
+training) and the older `tasks.json`. `holdout8`, `holdout10` and `holdout11` are never read
+here.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ MIN_DF = 2
 """A word stem is a feature when at least this many prompts use it."""
 SCALE = 1.0
 L2 = 0.003
-L2WS = (0.00001, 0.00003)
+L2WS = (0.000001, 0.000003, 0.00001)
 Row = tuple[dict[str, float], int, str]
 """(features, class index, writer)."""
 
@@ -209,7 +210,7 @@ def main() -> None:
             f"on {' + '.join(FITTED_ON)} ({len(rows)} prompts by {len(writers)} writers, all "
             f"tuning splits), L2 towards the hand weights × {SCALE:g} (l2 {L2:g}) and towards 0 "
             f"for word stems (l2w {l2w:g}, chosen by leave-one-writer-out: {lowo:.1%}). Never "
-            "fitted on holdout8 or holdout10."
+            "fitted on holdout8, holdout10 or holdout11."
         ),
         "classes": list(CLASSES),
         "prior_scale": SCALE,

@@ -34,11 +34,15 @@ Both models also read the words themselves (`word_stems`: the first seven letter
 of the last user message, stop words left out), each a feature whose weight was fitted on the
 labelled prompts of several independent writers: the signal table says what a task type is
 made of as we wrote it, the words carry how other people ask for it. Only stems the fitted
-model knows are looked up (a few dictionary lookups per request).
+model knows are looked up (a few dictionary lookups per request). The task model also reads
+the stems of the opening sentence apart (`w:^…`: where most people put the ask), weighs each
+stem less when a text has many (pages of pasted material name many topics; the ask is one),
+and the prompt's size in words (`w:~400+ words`), which is what long-context work is.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 from collections.abc import Iterable, Mapping
@@ -56,6 +60,7 @@ __all__ = [
     "complexity_features",
     "request_texts",
     "task_features",
+    "task_words",
     "word_stems",
 ]
 
@@ -828,6 +833,12 @@ def _task_scores(
         # over it is reading before anything else.
         if len(words) >= _LONG_TEXT_WORDS:
             _add(feats, why, "long text", f"long text ({len(words)} words)")
+    # The prompt's size in words, as features the fit weighs freely (no hand weight): pages
+    # of pasted prose are what long-context work is, whatever the topic their words name.
+    for n in _SIZE_WORDS:
+        if len(words) < n:
+            break
+        _add(feats, why, f"{WORD_PREFIX}~{n}+ words", f"{len(words)} words")
 
     items = len(_LIST_ITEM.findall(user)) if "\n" in user else 0
     return feats, why, code_lines, items, cues
@@ -844,6 +855,9 @@ def _instruction(prose: str) -> str:
         return head
     return prose
 
+
+_SIZE_WORDS = (300, 400, 500, 600, 800)
+"""Word counts (system and user) from which a prompt gets a size feature (`w:~400+ words`)."""
 
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 _STEM = 7
@@ -868,15 +882,56 @@ def word_stems(text: str) -> frozenset[str]:
     )
 
 
+_OPENING_PREFIX = WORD_PREFIX + "^"
+"""Feature names of the opening sentence's stems (`w:^validat`)."""
+_SENTENCE = re.compile(r"[^.?!\n]+")
+_STEMS_AT_FULL_WEIGHT = 20
+"""Up to this many word features each count 1; beyond, each counts sqrt(this / n)."""
+
+
+def _opening(prose: str) -> str:
+    """The first sentence of two words or more, where most people put the ask; empty when it
+    is the whole text (its words are already the text's)."""
+    for m in _SENTENCE.finditer(prose):
+        if " " in (s := m.group().strip()):
+            return s if m.end() < len(prose.rstrip()) - 1 else ""
+    return ""
+
+
+def task_words(user: str) -> dict[str, float]:
+    """The task model's word features of the user's text: its stems, and again the stems of
+    its opening sentence (`w:^…`). A long text names many topics, so past
+    `_STEMS_AT_FULL_WEIGHT` features each weighs less (the vector's length grows as the square
+    root of its size): pages of a contract full of security words do not drown out the ask."""
+    stems = word_stems(user)
+    prose = _CODE_SPAN.sub(" ", user) if "```" in user else user
+    opening = word_stems(_opening(prose))
+    n = len(stems) + len(opening)
+    v = 1.0 if n <= _STEMS_AT_FULL_WEIGHT else math.sqrt(_STEMS_AT_FULL_WEIGHT / n)
+    out = dict.fromkeys(stems, v)
+    cut = len(WORD_PREFIX)
+    for k in opening:
+        out[_OPENING_PREFIX + k[cut:]] = v
+    return out
+
+
 def _add_words(
-    feats: dict[str, float], why: dict[str, str] | None, stems: frozenset[str], known: Any
+    feats: dict[str, float],
+    why: dict[str, str] | None,
+    stems: frozenset[str] | Mapping[str, float],
+    known: Any,
 ) -> None:
-    """Add the stems the fitted model knows (`known`: its weights; `None`: every stem)."""
-    for k in stems:
+    """Add the word features the fitted model knows (`known`: its weights; `None`: every
+    one); `stems` is a set (each counts 1) or feature -> value."""
+    values = stems if isinstance(stems, Mapping) else dict.fromkeys(stems, 1.0)
+    for k, v in values.items():
         if known is None or k in known:
-            feats[k] = 1.0
+            feats[k] = v
             if why is not None:
-                why.setdefault(k, f"word {k[len(WORD_PREFIX) :]}…")
+                if k.startswith(_OPENING_PREFIX):
+                    why.setdefault(k, f"opening word {k[len(_OPENING_PREFIX) :]}…")
+                else:
+                    why.setdefault(k, f"word {k[len(WORD_PREFIX) :]}…")
 
 
 def _complexity_features(
@@ -931,7 +986,7 @@ def task_features(
     agent_name = request.agent_name or (request.metadata or {}).get("agent_name")
     _add_agent_prior(feats, why, policy.agent(agent_name), policy)
     known = None if all_words else _tm.load_task_model().weights
-    _add_words(feats, None, word_stems(user), known)
+    _add_words(feats, None, task_words(user), known)
     return feats
 
 
@@ -1034,7 +1089,7 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
     stems = word_stems(user)
     if task_type is None:
         _add_agent_prior(feats, why, match, policy)
-        _add_words(feats, why, stems, _tm.load_task_model().weights)
+        _add_words(feats, why, task_words(user), _tm.load_task_model().weights)
         task_type, reason = _tm.decide(feats, why, PRIOR)
         reasons.append(reason)
 
