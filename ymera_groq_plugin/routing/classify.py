@@ -898,12 +898,14 @@ def _opening(prose: str) -> str:
     return ""
 
 
-def task_words(user: str) -> dict[str, float]:
-    """The task model's word features of the user's text: its stems, and again the stems of
-    its opening sentence (`w:^…`). A long text names many topics, so past
-    `_STEMS_AT_FULL_WEIGHT` features each weighs less (the vector's length grows as the square
-    root of its size): pages of a contract full of security words do not drown out the ask."""
-    stems = word_stems(user)
+def task_words(user: str, stems: frozenset[str] | None = None) -> dict[str, float]:
+    """The task model's word features of the user's text: its stems (`stems`, when the caller
+    has them already), and again the stems of its opening sentence (`w:^…`). A long text names
+    many topics, so past `_STEMS_AT_FULL_WEIGHT` features each weighs less (the vector's length
+    grows as the square root of its size): pages of a contract full of security words do not
+    drown out the ask."""
+    if stems is None:
+        stems = word_stems(user)
     prose = _CODE_SPAN.sub(" ", user) if "```" in user else user
     opening = word_stems(_opening(prose))
     n = len(stems) + len(opening)
@@ -1089,7 +1091,7 @@ def classify(request: ChatRequest, policy: Policy | None = None) -> Profile:
     stems = word_stems(user)
     if task_type is None:
         _add_agent_prior(feats, why, match, policy)
-        _add_words(feats, why, task_words(user), _tm.load_task_model().weights)
+        _add_words(feats, why, task_words(user, stems), _tm.load_task_model().weights)
         task_type, reason = _tm.decide(feats, why, PRIOR)
         reasons.append(reason)
 
