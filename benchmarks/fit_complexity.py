@@ -38,7 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from _softmax import fit_softmax, matrix  # noqa: E402
 
-from tests.unit_tests.test_classify import labelled_request, labelled_set  # noqa: E402
+from tests.unit_tests.test_classify import (  # noqa: E402
+    labelled_request,
+    labelled_set,
+    never_tuned_names,
+)
 from ymera_groq_plugin.routing.classify import WORD_PREFIX, complexity_features  # noqa: E402
 from ymera_groq_plugin.routing.complexity import Weights, decide  # noqa: E402
 
@@ -143,8 +147,8 @@ def main() -> None:
             f"benchmarks/fit_complexity.py on {' + '.join(FITTED_ON)} ({len(rows)} prompts by "
             f"{len(writers)} writers, all tuning splits; l2 {L2:g}, l2w {l2w:g} chosen by "
             f"leave-one-writer-out: {lowo:.1%}, complex recognised {recall:.0%}). Never fitted "
-            "on holdout8, holdout10 or holdout11. The instruction-length feature is centred on "
-            "15 words (log2(1 + words) - 4)."
+            f"on {never_tuned_names()}. The instruction-length feature is centred on 15 words "
+            "(log2(1 + words) - 4)."
         ),
         "leave_one_writer_out": {g: round(a, 4) for g, a in per.items()},
         "classes": list(CLASSES),

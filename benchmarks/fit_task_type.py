@@ -50,6 +50,7 @@ from tests.unit_tests.test_classify import (  # noqa: E402
     labelled_request,
     labelled_set,
     labelled_tasks,
+    never_tuned_names,
 )
 from ymera_groq_plugin.routing.classify import PRIOR, WORD_PREFIX, task_features  # noqa: E402
 from ymera_groq_plugin.types import TASK_TYPES  # noqa: E402
@@ -210,7 +211,7 @@ def main() -> None:
             f"on {' + '.join(FITTED_ON)} ({len(rows)} prompts by {len(writers)} writers, all "
             f"tuning splits), L2 towards the hand weights × {SCALE:g} (l2 {L2:g}) and towards 0 "
             f"for word stems (l2w {l2w:g}, chosen by leave-one-writer-out: {lowo:.1%}). Never "
-            "fitted on holdout8, holdout10 or holdout11."
+            f"fitted on {never_tuned_names()}."
         ),
         "classes": list(CLASSES),
         "prior_scale": SCALE,

@@ -77,6 +77,11 @@ change. A never-tuned file may not exist: then it is empty."""
 NEVER_TUNED = ("holdout8", "holdout10", "holdout11")
 
 
+def never_tuned_names() -> str:
+    """The never-tuned sets as the fits' `about` texts name them ("a, b or c")."""
+    return f"{', '.join(NEVER_TUNED[:-1])} or {NEVER_TUNED[-1]}"
+
+
 @lru_cache(maxsize=8)
 def labelled_set(name: str) -> tuple[dict[str, Any], ...]:
     """A set of `SETS`, each entry with its `split` set to the file's name."""
@@ -405,16 +410,11 @@ def test_calibration_and_holdout4_sets_are_broad_and_well_formed() -> None:
     assert not {t["text"] for t in calibration} & {t["text"] for t in holdout}
 
 
-def _never_tuned() -> str:
-    """The never-tuned sets as the fits' `about` texts name them ("a, b or c")."""
-    return f"{', '.join(NEVER_TUNED[:-1])} or {NEVER_TUNED[-1]}"
-
-
 def test_weights_are_data_fitted_on_the_tuning_splits_only() -> None:
     from ymera_groq_plugin.routing.complexity import load_weights
 
     w = load_weights()
-    assert "holdout9 + writers" in w.about and f"Never fitted on {_never_tuned()}" in w.about
+    assert "holdout9 + writers" in w.about and f"Never fitted on {never_tuned_names()}" in w.about
     # The signals of hard work push towards complex rather than simple, asking for little
     # pulls back.
     def towards_complex(name: str) -> float:
@@ -431,7 +431,7 @@ def test_task_type_weights_are_data_and_reasons_name_the_deciding_signals() -> N
     from ymera_groq_plugin.routing.task_model import load_task_model
 
     m = load_task_model()
-    assert f"Never fitted on {_never_tuned()}" in m.about
+    assert f"Never fitted on {never_tuned_names()}" in m.about
     assert m.classes == tuple(TASK_TYPES)
     # Every fitted feature is a known signal or a word stem; a fitted signal still points at
     # its own task.
